@@ -1,0 +1,133 @@
+//! The memory tier: TinyUFO (S3-FIFO admission + TinyLFU eviction) bounded in bytes.
+//!
+//! TinyUFO beats LRU on the long-tail Zipf traffic an image CDN sees, because one-hit wonders
+//! never push out the hot set. Its weights are `u16`, so objects are weighed in 4 KiB pages. It
+//! keeps only a 64-bit hash of each key, so every entry carries the full 128-bit cache-key hash
+//! and a lookup that lands on a different object is a miss, never a wrong image.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use pingora_cache::key::HashBinary;
+use tinyufo::TinyUfo;
+
+/// Weight unit: one page.
+pub const PAGE: u64 = 4096;
+/// Largest object the tier can weigh (u16::MAX pages).
+pub const MAX_OBJECT: u64 = PAGE * u16::MAX as u64;
+
+/// One cached response: serialized meta and body, shared by every reader.
+#[derive(Debug)]
+pub struct CachedObject {
+    /// Full hash of the cache key this object was stored under.
+    pub key: HashBinary,
+    /// `CacheMeta::serialize` output: internal part and header part.
+    pub meta: (Vec<u8>, Vec<u8>),
+    /// The body. Hits hand out `Bytes` slices of it; nothing is copied.
+    pub body: Bytes,
+}
+
+impl CachedObject {
+    /// Bytes this object holds.
+    pub fn size(&self) -> u64 {
+        (self.meta.0.len() + self.meta.1.len() + self.body.len()) as u64
+    }
+}
+
+/// A memory tier of at most `capacity` bytes (in whole pages).
+pub struct MemoryTier {
+    ufo: TinyUfo<u128, Arc<CachedObject>>,
+    stored: AtomicU64,
+}
+
+impl MemoryTier {
+    /// A tier holding up to `capacity` bytes.
+    pub fn new(capacity: u64) -> Self {
+        let pages = (capacity / PAGE).max(1) as usize;
+        // TinyLFU's sketch is sized for the expected object count; thumbnails average ~16 KiB.
+        let estimated_objects = (capacity / (16 * 1024)).max(64) as usize;
+        MemoryTier {
+            ufo: TinyUfo::new(pages, estimated_objects),
+            stored: AtomicU64::new(0),
+        }
+    }
+
+    fn weight(obj: &CachedObject) -> u16 {
+        obj.size().div_ceil(PAGE).clamp(1, u16::MAX as u64) as u16
+    }
+
+    /// The object stored under `key`, if any.
+    pub fn get(&self, key: &HashBinary) -> Option<Arc<CachedObject>> {
+        self.ufo
+            .get(&u128::from_be_bytes(*key))
+            .filter(|obj| &obj.key == key)
+    }
+
+    /// Store an object, evicting others as needed. Fills use a forced put: requests coalesced
+    /// on this fill are waiting to read it, and TinyLFU rejecting it would send them all to
+    /// the origin.
+    pub fn put(&self, obj: Arc<CachedObject>) {
+        let key = u128::from_be_bytes(obj.key);
+        let size = obj.size();
+        let weight = Self::weight(&obj);
+        if let Some(old) = self.ufo.remove(&key) {
+            self.stored.fetch_sub(old.size(), Ordering::Relaxed);
+        }
+        self.stored.fetch_add(size, Ordering::Relaxed);
+        for evicted in self.ufo.force_put(key, obj, weight) {
+            self.stored.fetch_sub(evicted.data.size(), Ordering::Relaxed);
+        }
+    }
+
+    /// Remove `key`; whether it was there.
+    pub fn remove(&self, key: &HashBinary) -> bool {
+        match self.ufo.remove(&u128::from_be_bytes(*key)) {
+            Some(old) => {
+                self.stored.fetch_sub(old.size(), Ordering::Relaxed);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Bytes currently stored (objects, not counting index overhead).
+    pub fn stored_bytes(&self) -> u64 {
+        self.stored.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn obj(k: u8, size: usize) -> Arc<CachedObject> {
+        Arc::new(CachedObject {
+            key: [k; 16],
+            meta: (vec![], vec![]),
+            body: Bytes::from(vec![k; size]),
+        })
+    }
+
+    #[test]
+    fn bounded_in_bytes() {
+        let tier = MemoryTier::new(64 * PAGE);
+        for k in 0..200u8 {
+            tier.put(obj(k, PAGE as usize));
+            assert!(tier.stored_bytes() <= 64 * PAGE + PAGE, "{}", tier.stored_bytes());
+        }
+        assert!(tier.get(&[199; 16]).is_some());
+    }
+
+    #[test]
+    fn replace_and_remove_keep_accounting() {
+        let tier = MemoryTier::new(64 * PAGE);
+        tier.put(obj(1, 100));
+        tier.put(obj(1, 300));
+        assert_eq!(tier.stored_bytes(), 300);
+        assert_eq!(tier.get(&[1; 16]).map(|o| o.body.len()), Some(300));
+        assert!(tier.remove(&[1; 16]));
+        assert!(!tier.remove(&[1; 16]));
+        assert_eq!(tier.stored_bytes(), 0);
+    }
+}

@@ -1,0 +1,542 @@
+//! The configuration: one YAML file, one struct, validated at start-up.
+//!
+//! Every key has a default (so an empty file, or no file at all, is the embedded demo: the sample
+//! photos in `conf/samples` on 127.0.0.1:8080). Unknown keys are rejected, and every error names
+//! the key it is about, e.g. `origin.s3.bucket: must be set when origin.source is s3`.
+//! `conf/imgedge.yaml` documents every key with its default; keep the two in step.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytesize::ByteSize;
+use serde::Deserialize;
+
+use crate::variant::ParseOptions;
+
+/// A configuration problem, always naming the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The YAML does not match the schema (unknown key, wrong type).
+    #[error("{key}: {message}")]
+    Parse {
+        /// Dotted path of the key.
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A value is out of range or inconsistent with another.
+    #[error("{key}: {message}")]
+    Invalid {
+        /// Dotted path of the key.
+        key: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        message: message.into(),
+    }
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// The process: threads, pid file, upgrade socket.
+    pub server: ServerConfig,
+    /// The public listener and its cache.
+    pub edge: EdgeConfig,
+    /// The admin listener.
+    pub admin: AdminConfig,
+    /// Where originals come from and how answers are labelled.
+    pub origin: OriginConfig,
+    /// Limits on sources and outputs.
+    pub limits: LimitsConfig,
+    /// The resize pool and encoder defaults.
+    pub transform: TransformConfig,
+    /// The cache.
+    pub cache: CacheConfig,
+}
+
+/// Process-wide settings (mapped onto Pingora's `ServerConf`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Worker threads of the edge service (serving hits and proxying misses).
+    pub threads: usize,
+    /// Pid file; absolute path.
+    pub pid_file: PathBuf,
+    /// Socket the old process hands its listeners over on during a graceful upgrade; absolute.
+    pub upgrade_sock: PathBuf,
+    /// How long an old process keeps serving after SIGQUIT before it stops accepting.
+    #[serde(with = "humantime_serde")]
+    pub grace_period: Duration,
+    /// How long in-flight requests get to finish at shutdown.
+    #[serde(with = "humantime_serde")]
+    pub graceful_shutdown_timeout: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            threads: 2,
+            pid_file: "/tmp/imgedge.pid".into(),
+            upgrade_sock: "/tmp/imgedge_upgrade.sock".into(),
+            grace_period: Duration::from_secs(30),
+            graceful_shutdown_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The public HTTP listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EdgeConfig {
+    /// Addresses to listen on (plain HTTP).
+    pub listen: Vec<SocketAddr>,
+}
+
+impl Default for EdgeConfig {
+    fn default() -> Self {
+        EdgeConfig {
+            listen: vec![SocketAddr::from(([127, 0, 0, 1], 8080))],
+        }
+    }
+}
+
+/// The admin listener: health and metrics, never exposed publicly.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Address of the admin listener.
+    pub listen: SocketAddr,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9091)),
+        }
+    }
+}
+
+/// Which kind of source holds the originals.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceKind {
+    /// A directory on this machine.
+    Local,
+    /// An S3 bucket (or an S3-compatible store).
+    S3,
+}
+
+/// The origin service: source of originals and response labelling.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OriginConfig {
+    /// Unix socket the edge reaches the origin service on; absolute path.
+    pub socket: PathBuf,
+    /// Worker threads of the origin service's own runtime (I/O only; resizing has its pool).
+    pub threads: usize,
+    /// `local` or `s3`.
+    pub source: SourceKind,
+    /// Maps an id to an object key: `{id}`, or slices of it as `{id:START:LEN}` (bytes).
+    pub key_template: String,
+    /// The local-directory source.
+    pub local: LocalConfig,
+    /// The S3 source.
+    pub s3: S3Config,
+    /// Longest a source fetch may take, retries included; past it the answer is 504.
+    #[serde(with = "humantime_serde")]
+    pub fetch_timeout: Duration,
+    /// `Cache-Control` sent with successful images (browsers and the edge's own TTL).
+    pub cache_control: String,
+    /// How long a 404 (missing original) or 422 (bad original) is cached.
+    #[serde(with = "humantime_serde")]
+    pub negative_ttl: Duration,
+}
+
+impl Default for OriginConfig {
+    fn default() -> Self {
+        OriginConfig {
+            socket: "/tmp/imgedge-origin.sock".into(),
+            threads: 2,
+            source: SourceKind::Local,
+            key_template: "{id}".into(),
+            local: LocalConfig::default(),
+            s3: S3Config::default(),
+            fetch_timeout: Duration::from_secs(10),
+            cache_control: "public, max-age=31536000, immutable".into(),
+            negative_ttl: Duration::from_secs(60),
+        }
+    }
+}
+
+/// The local-directory source.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LocalConfig {
+    /// Directory the object keys are relative to (relative paths are from the working directory).
+    pub root: PathBuf,
+}
+
+impl Default for LocalConfig {
+    fn default() -> Self {
+        LocalConfig {
+            root: "conf/samples".into(),
+        }
+    }
+}
+
+/// When the S3 client adds or checks payload checksums.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ChecksumMode {
+    /// Always (AWS default; some S3-compatible stores reject it).
+    WhenSupported,
+    /// Only when the operation demands it (for S3-compatible stores).
+    WhenRequired,
+}
+
+/// The S3 source. Credentials come from the default AWS chain (env, profile, IMDS on EC2)
+/// unless both static keys are set.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct S3Config {
+    /// Bucket holding the originals.
+    pub bucket: String,
+    /// Region; empty means the default chain's region.
+    pub region: String,
+    /// Custom endpoint for S3-compatible stores (e.g. `http://127.0.0.1:9000`); empty for AWS.
+    pub endpoint: String,
+    /// Path-style addressing (`endpoint/bucket/key`); needed by most S3-compatible stores.
+    pub force_path_style: bool,
+    /// Static access key id (optional; prefer the default chain or an instance role).
+    pub access_key_id: String,
+    /// Static secret key (optional).
+    pub secret_access_key: String,
+    /// Attempts per fetch, first try included, on throttling, 5xx and connection errors.
+    pub max_attempts: u32,
+    /// Connect timeout of one attempt.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Timeout of one attempt, body included.
+    #[serde(with = "humantime_serde")]
+    pub attempt_timeout: Duration,
+    /// Checksum behaviour; `when_required` for S3-compatible stores.
+    pub checksums: ChecksumMode,
+}
+
+impl Default for S3Config {
+    fn default() -> Self {
+        S3Config {
+            bucket: String::new(),
+            region: String::new(),
+            endpoint: String::new(),
+            force_path_style: false,
+            access_key_id: String::new(),
+            secret_access_key: String::new(),
+            max_attempts: 3,
+            connect_timeout: Duration::from_secs(2),
+            attempt_timeout: Duration::from_secs(4),
+            checksums: ChecksumMode::WhenSupported,
+        }
+    }
+}
+
+/// Limits that keep hostile originals and greedy requests bounded.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Largest requested box side, before and after `dpr`.
+    pub max_dimension: u32,
+    /// Largest original accepted, in bytes.
+    pub max_source_bytes: ByteSize,
+    /// Largest original accepted, in pixels (width x height from the header).
+    pub max_source_pixels: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_dimension: 4096,
+            max_source_bytes: ByteSize::mib(32),
+            max_source_pixels: 50_000_000,
+        }
+    }
+}
+
+/// The resize pool and encoder defaults.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TransformConfig {
+    /// Resize threads; one image per thread at a time. 0 means one per CPU.
+    pub workers: usize,
+    /// Misses allowed to wait for a worker (fetching or queued); past it the answer is 503.
+    pub queue: usize,
+    /// `Retry-After` sent with a 503.
+    #[serde(with = "humantime_serde")]
+    pub retry_after: Duration,
+    /// Quality when `q` is absent.
+    pub default_quality: u8,
+    /// Background that transparent pixels are flattened onto for JPEG output, as `RRGGBB`.
+    pub background: String,
+}
+
+impl Default for TransformConfig {
+    fn default() -> Self {
+        TransformConfig {
+            workers: 0,
+            queue: 64,
+            retry_after: Duration::from_secs(1),
+            default_quality: 80,
+            background: "ffffff".into(),
+        }
+    }
+}
+
+impl TransformConfig {
+    /// The number of resize threads, with 0 resolved to the CPU count.
+    pub fn worker_count(&self) -> usize {
+        if self.workers == 0 {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            self.workers
+        }
+    }
+
+    /// The background as RGB. Valid after [`Config::validate`].
+    pub fn background_rgb(&self) -> [u8; 3] {
+        parse_rgb(&self.background).unwrap_or([255, 255, 255])
+    }
+}
+
+/// The cache.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheConfig {
+    /// Memory tier size, in bytes.
+    pub memory_bytes: ByteSize,
+    /// Largest object admitted to the cache; larger answers are served but not kept.
+    pub max_object_bytes: ByteSize,
+    /// How long a fill may hold the lock for its key before waiters give up on it.
+    #[serde(with = "humantime_serde")]
+    pub lock_age_timeout: Duration,
+    /// How long a request waits for another request's fill before going to the origin itself.
+    #[serde(with = "humantime_serde")]
+    pub lock_wait_timeout: Duration,
+    /// How long the edge waits for the origin service to answer one miss.
+    #[serde(with = "humantime_serde")]
+    pub origin_read_timeout: Duration,
+    /// How long a stale object may be served while the origin fails.
+    #[serde(with = "humantime_serde")]
+    pub stale_if_error: Duration,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            memory_bytes: ByteSize::mib(512),
+            max_object_bytes: ByteSize::mib(16),
+            lock_age_timeout: Duration::from_secs(30),
+            lock_wait_timeout: Duration::from_secs(30),
+            origin_read_timeout: Duration::from_secs(30),
+            stale_if_error: Duration::from_secs(86400),
+        }
+    }
+}
+
+fn parse_rgb(s: &str) -> Option<[u8; 3]> {
+    if s.len() != 6 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let byte = |i: usize| u8::from_str_radix(&s[i..i + 2], 16).ok();
+    Some([byte(0)?, byte(2)?, byte(4)?])
+}
+
+impl Config {
+    /// Read, parse and validate a file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::from_yaml(&text)
+    }
+
+    /// Parse and validate YAML text. An empty document is the default config.
+    pub fn from_yaml(text: &str) -> Result<Config, ConfigError> {
+        let config: Config = if text.trim().is_empty() {
+            Config::default()
+        } else {
+            let de = serde_yaml::Deserializer::from_str(text);
+            serde_path_to_error::deserialize(de).map_err(|e| {
+                let key = e.path().to_string();
+                ConfigError::Parse {
+                    key: if key == "." { "(top level)".into() } else { key },
+                    message: e.into_inner().to_string(),
+                }
+            })?
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Check ranges and cross-key consistency. Errors name the key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.server.threads == 0 {
+            return Err(invalid("server.threads", "must be at least 1"));
+        }
+        if !self.server.pid_file.is_absolute() {
+            return Err(invalid("server.pid_file", "must be an absolute path"));
+        }
+        if !self.server.upgrade_sock.is_absolute() {
+            return Err(invalid("server.upgrade_sock", "must be an absolute path"));
+        }
+        if self.edge.listen.is_empty() {
+            return Err(invalid("edge.listen", "needs at least one address"));
+        }
+        if self.edge.listen.contains(&self.admin.listen) {
+            return Err(invalid("admin.listen", "must differ from every edge.listen address"));
+        }
+        if !self.origin.socket.is_absolute() {
+            return Err(invalid("origin.socket", "must be an absolute path"));
+        }
+        if self.origin.threads == 0 {
+            return Err(invalid("origin.threads", "must be at least 1"));
+        }
+        crate::origin::source::KeyTemplate::parse(&self.origin.key_template)
+            .map_err(|m| invalid("origin.key_template", m))?;
+        match self.origin.source {
+            SourceKind::Local => {
+                if !self.origin.local.root.is_dir() {
+                    return Err(invalid(
+                        "origin.local.root",
+                        format!("{} is not a directory", self.origin.local.root.display()),
+                    ));
+                }
+            }
+            SourceKind::S3 => {
+                let s3 = &self.origin.s3;
+                if s3.bucket.is_empty() {
+                    return Err(invalid("origin.s3.bucket", "must be set when origin.source is s3"));
+                }
+                if !s3.endpoint.is_empty()
+                    && !(s3.endpoint.starts_with("http://") || s3.endpoint.starts_with("https://"))
+                {
+                    return Err(invalid("origin.s3.endpoint", "must start with http:// or https://"));
+                }
+                if s3.access_key_id.is_empty() != s3.secret_access_key.is_empty() {
+                    return Err(invalid(
+                        "origin.s3.secret_access_key",
+                        "access_key_id and secret_access_key must be set together",
+                    ));
+                }
+                if s3.max_attempts == 0 {
+                    return Err(invalid("origin.s3.max_attempts", "must be at least 1"));
+                }
+            }
+        }
+        if self.origin.fetch_timeout.is_zero() {
+            return Err(invalid("origin.fetch_timeout", "must be positive"));
+        }
+        if http::HeaderValue::from_str(&self.origin.cache_control).is_err() {
+            return Err(invalid("origin.cache_control", "is not a valid header value"));
+        }
+        if !(1..=65500).contains(&self.limits.max_dimension) {
+            return Err(invalid("limits.max_dimension", "must be in 1..=65500"));
+        }
+        if self.limits.max_source_bytes.as_u64() == 0 {
+            return Err(invalid("limits.max_source_bytes", "must be positive"));
+        }
+        if self.limits.max_source_pixels == 0 {
+            return Err(invalid("limits.max_source_pixels", "must be positive"));
+        }
+        if !(1..=100).contains(&self.transform.default_quality) {
+            return Err(invalid("transform.default_quality", "must be in 1..=100"));
+        }
+        if parse_rgb(&self.transform.background).is_none() {
+            return Err(invalid("transform.background", "must be RRGGBB hex, e.g. ffffff"));
+        }
+        if self.cache.memory_bytes.as_u64() < 1024 * 1024 {
+            return Err(invalid("cache.memory_bytes", "must be at least 1 MiB"));
+        }
+        if self.cache.max_object_bytes.as_u64() == 0
+            || self.cache.max_object_bytes > self.cache.memory_bytes
+        {
+            return Err(invalid(
+                "cache.max_object_bytes",
+                "must be positive and no larger than cache.memory_bytes",
+            ));
+        }
+        // A waiter that gives up before the worst miss finishes turns coalescing into a stampede.
+        let worst_miss = self.origin.fetch_timeout;
+        for (key, t) in [
+            ("cache.lock_age_timeout", self.cache.lock_age_timeout),
+            ("cache.lock_wait_timeout", self.cache.lock_wait_timeout),
+            ("cache.origin_read_timeout", self.cache.origin_read_timeout),
+        ] {
+            if t <= worst_miss {
+                return Err(invalid(
+                    key,
+                    format!("must exceed origin.fetch_timeout ({worst_miss:?}) plus resize time"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The URL parser's options.
+    pub fn parse_options(&self) -> ParseOptions {
+        ParseOptions {
+            max_dimension: self.limits.max_dimension,
+            default_quality: self.transform.default_quality,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(yaml: &str) -> String {
+        Config::from_yaml(yaml).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn unknown_and_mistyped_keys_are_named() {
+        assert!(err("cache:\n  memory_byts: 1GiB\n").starts_with("cache: unknown field `memory_byts`"));
+        assert!(err("limits:\n  max_dimension: lots\n").starts_with("limits.max_dimension:"));
+        assert!(err("origin:\n  fetch_timeout: soon\n").starts_with("origin.fetch_timeout:"));
+    }
+
+    #[test]
+    fn invalid_values_are_named() {
+        assert!(err("origin:\n  source: s3\n").starts_with("origin.s3.bucket:"));
+        assert!(err("transform:\n  background: white\n").starts_with("transform.background:"));
+        assert!(err("origin:\n  local:\n    root: /nonexistent/dir\n").starts_with("origin.local.root:"));
+        assert!(err("cache:\n  lock_wait_timeout: 1s\n").starts_with("cache.lock_wait_timeout:"));
+        assert!(err("server:\n  pid_file: rel.pid\n").starts_with("server.pid_file:"));
+        assert!(err("origin:\n  key_template: \"{id:0:}\"\n").starts_with("origin.key_template:"));
+    }
+
+    #[test]
+    fn sizes_accept_units() {
+        let c = Config::from_yaml("cache:\n  memory_bytes: 64 MiB\n  max_object_bytes: 1048576\n")
+            .unwrap();
+        assert_eq!(c.cache.memory_bytes.as_u64(), 64 << 20);
+        assert_eq!(c.cache.max_object_bytes.as_u64(), 1 << 20);
+    }
+}

@@ -1,0 +1,254 @@
+//! The edge service: Pingora's proxy with its cache in front of the origin service.
+//!
+//! Per request: parse the URL into a [`Variant`] (400/404/405 answered here, before the cache),
+//! key the cache on the variant alone, serve hits from [`crate::cache`], and on a miss send the
+//! variant's canonical URI to the origin service over its Unix socket. Pingora's cache lock
+//! makes concurrent misses for one key wait for a single fill. Headers never enter the key and
+//! no `Vary` is sent, so User-Agent or Cookie cannot split the cache.
+
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora_cache::cache_control::CacheControl;
+use pingora_cache::filters::resp_cacheable;
+use pingora_cache::{CacheKey, CacheMetaDefaults, CachePhase, NoCacheReason, RespCacheable};
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_error::{Error as PError, ErrorSource, ErrorType, Result};
+use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_proxy::{FailToProxy, ProxyHttp, Session};
+
+use crate::cache::Cache;
+use crate::config::Config;
+use crate::error::Error;
+use crate::metrics::metrics;
+use crate::variant::{ParseOptions, Variant};
+
+/// Per-request state.
+pub struct EdgeCtx {
+    variant: Option<Variant>,
+    key: String,
+    started: Instant,
+}
+
+/// The edge's proxy logic.
+pub struct Edge {
+    cache: Cache,
+    parse: ParseOptions,
+    origin_socket: String,
+    origin_read_timeout: Duration,
+    meta_defaults: CacheMetaDefaults,
+    lock_wait_timeout: Duration,
+}
+
+// Freshness comes from the origin's Cache-Control; nothing is cached on a guess.
+fn no_default_ttl(_: http::StatusCode) -> Option<Duration> {
+    None
+}
+
+impl Edge {
+    /// The edge for a validated config and the process's cache.
+    pub fn new(cfg: &Config, cache: Cache) -> Edge {
+        let stale_if_error = u32::try_from(cfg.cache.stale_if_error.as_secs()).unwrap_or(u32::MAX);
+        Edge {
+            cache,
+            parse: cfg.parse_options(),
+            origin_socket: cfg.origin.socket.to_string_lossy().into_owned(),
+            origin_read_timeout: cfg.cache.origin_read_timeout,
+            meta_defaults: CacheMetaDefaults::new(no_default_ttl, 0, stale_if_error),
+            lock_wait_timeout: cfg.cache.lock_wait_timeout,
+        }
+    }
+
+    /// The `X-Cache` value for a request's cache phase.
+    fn cache_status(session: &Session) -> &'static str {
+        match session.cache.phase() {
+            CachePhase::Hit => "HIT",
+            CachePhase::Miss => "MISS",
+            CachePhase::Stale | CachePhase::StaleUpdating => "STALE",
+            CachePhase::Expired => "EXPIRED",
+            CachePhase::Revalidated | CachePhase::RevalidatedNoCache(_) => "REVALIDATED",
+            CachePhase::Bypass => "BYPASS",
+            _ => "NONE",
+        }
+    }
+}
+
+/// Write a short text error answer from the edge itself.
+async fn respond_error(session: &mut Session, err: &Error) -> Result<()> {
+    let body = Bytes::from(format!("{}\n", err.reason()));
+    let mut h = ResponseHeader::build(err.status(), Some(6))?;
+    h.insert_header("content-type", "text/plain; charset=utf-8")?;
+    h.insert_header("content-length", body.len())?;
+    h.insert_header("cache-control", "no-store")?;
+    h.insert_header("x-content-type-options", "nosniff")?;
+    match err {
+        Error::MethodNotAllowed => h.insert_header("allow", "GET, HEAD")?,
+        Error::Busy { retry_after } => h.insert_header("retry-after", retry_after.as_secs().max(1))?,
+        _ => {}
+    }
+    let head_only = session.req_header().method == http::Method::HEAD;
+    session.write_response_header(Box::new(h), head_only).await?;
+    if !head_only {
+        session.write_response_body(Some(body), true).await?;
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl ProxyHttp for Edge {
+    type CTX = EdgeCtx;
+
+    fn new_ctx(&self) -> EdgeCtx {
+        EdgeCtx {
+            variant: None,
+            key: String::new(),
+            started: Instant::now(),
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut EdgeCtx) -> Result<bool> {
+        let req = session.req_header();
+        let parsed = if req.method != http::Method::GET && req.method != http::Method::HEAD {
+            Err(Error::MethodNotAllowed)
+        } else {
+            Variant::parse(req.uri.path(), req.uri.query(), &self.parse)
+        };
+        match parsed {
+            Ok(v) => {
+                ctx.key = v.cache_key();
+                ctx.variant = Some(v);
+                Ok(false)
+            }
+            Err(e) => {
+                respond_error(session, &e).await?;
+                Ok(true)
+            }
+        }
+    }
+
+    fn request_cache_filter(&self, session: &mut Session, _ctx: &mut EdgeCtx) -> Result<()> {
+        session.cache.enable(
+            self.cache.storage,
+            None, // the memory tier evicts by itself (TinyUFO)
+            None,
+            Some(self.cache.lock),
+            Some({
+                let mut o = pingora_cache::CacheOptionOverrides::default();
+                o.wait_timeout = Some(self.lock_wait_timeout);
+                o
+            }),
+        );
+        session
+            .cache
+            .set_max_file_size_bytes(self.cache.storage.max_object() as usize);
+        Ok(())
+    }
+
+    fn cache_key_callback(&self, _session: &Session, ctx: &mut EdgeCtx) -> Result<CacheKey> {
+        Ok(CacheKey::new(ctx.key.as_bytes(), ""))
+    }
+
+    fn response_cache_filter(
+        &self,
+        _session: &Session,
+        resp: &ResponseHeader,
+        _ctx: &mut EdgeCtx,
+    ) -> Result<RespCacheable> {
+        // 200s for their TTL; 404/422 for the short negative TTL the origin sets, so a flood of
+        // missing or broken ids does not hammer S3 or the pool. Transient failures never.
+        match resp.status.as_u16() {
+            200 | 404 | 422 => {
+                let cc = CacheControl::from_resp_headers(resp);
+                Ok(resp_cacheable(cc.as_ref(), resp.clone(), false, &self.meta_defaults))
+            }
+            _ => Ok(RespCacheable::Uncacheable(NoCacheReason::OriginNotCache)),
+        }
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut EdgeCtx) -> Result<Box<HttpPeer>> {
+        let mut peer = HttpPeer::new_uds(&self.origin_socket, false, String::new())?;
+        peer.options.connection_timeout = Some(Duration::from_secs(1));
+        peer.options.read_timeout = Some(self.origin_read_timeout);
+        peer.options.write_timeout = Some(Duration::from_secs(5));
+        peer.options.idle_timeout = Some(Duration::from_secs(60));
+        Ok(Box::new(peer))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        upstream: &mut RequestHeader,
+        ctx: &mut EdgeCtx,
+    ) -> Result<()> {
+        // The origin sees exactly the canonical variant and nothing of the client's request:
+        // GET even for HEAD (the fill needs the body), no conditionals, no ranges, no cookies.
+        let uri = ctx
+            .variant
+            .as_ref()
+            .map(Variant::canonical_uri)
+            .ok_or_else(|| PError::explain(ErrorType::InternalError, "no variant"))?;
+        let mut req = RequestHeader::build(http::Method::GET, uri.as_bytes(), Some(1))?;
+        req.insert_header("host", "origin")?;
+        *upstream = req;
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        session: &mut Session,
+        resp: &mut ResponseHeader,
+        _ctx: &mut EdgeCtx,
+    ) -> Result<()> {
+        resp.insert_header("x-cache", Self::cache_status(session))?;
+        resp.insert_header("x-content-type-options", "nosniff")?;
+        resp.remove_header("vary");
+        Ok(())
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &PError, _ctx: &mut EdgeCtx) -> FailToProxy {
+        let err = match e.etype() {
+            ErrorType::HTTPStatus(code) if *code == 504 => Error::Timeout,
+            ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => {
+                Error::Timeout
+            }
+            _ if e.esource() == &ErrorSource::Downstream => {
+                // The client went away or sent garbage; nothing useful to answer.
+                return FailToProxy {
+                    error_code: 0,
+                    can_reuse_downstream: false,
+                };
+            }
+            _ if e.esource() == &ErrorSource::Upstream => Error::Upstream(e.to_string()),
+            _ => Error::Internal(e.to_string()),
+        };
+        tracing::warn!("edge failed to proxy: {e}");
+        if let Err(write_err) = respond_error(session, &err).await {
+            tracing::debug!("could not send error answer: {write_err}");
+        }
+        FailToProxy {
+            error_code: err.status(),
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&PError>, ctx: &mut EdgeCtx) {
+        let status = session
+            .response_written()
+            .map_or(0, |r| r.status.as_u16());
+        let cache = Self::cache_status(session);
+        metrics()
+            .requests
+            .with_label_values(&[&status.to_string(), &cache.to_ascii_lowercase()])
+            .inc();
+        tracing::info!(
+            target: "access",
+            method = %session.req_header().method,
+            uri = %session.req_header().uri,
+            status,
+            cache,
+            ms = ctx.started.elapsed().as_secs_f64() * 1000.0,
+            error = e.map(|e| e.to_string()),
+        );
+    }
+}

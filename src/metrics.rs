@@ -1,0 +1,88 @@
+//! Process-wide Prometheus metrics, served as text by the admin listener.
+//!
+//! Names follow Prometheus conventions (`imgedge_` prefix, `_total` counters, base units).
+
+use once_cell::sync::Lazy;
+use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+
+/// Every metric imgedge exports.
+pub struct Metrics {
+    /// The registry the admin listener renders.
+    pub registry: Registry,
+    /// Edge responses by status code and cache status (`hit`, `miss`, `stale`, ...).
+    pub requests: IntCounterVec,
+    /// Requests the origin service answered, by status code.
+    pub origin_requests: IntCounterVec,
+    /// Source fetches by source kind and result (`ok`, `not_found`, `too_large`, `timeout`, `error`).
+    pub source_fetches: IntCounterVec,
+    /// Variants produced, by output format.
+    pub transforms: IntCounterVec,
+    /// Misses refused with 503 because the pool was full.
+    pub pool_rejected: IntCounter,
+    /// Jobs running on the resize pool.
+    pub pool_busy: IntGauge,
+    /// Jobs waiting for a resize thread.
+    pub pool_queued: IntGauge,
+}
+
+fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("static metric definition");
+    r.register(Box::new(c.clone())).expect("metric registered once");
+    c
+}
+
+static METRICS: Lazy<Metrics> = Lazy::new(|| {
+    let r = Registry::new();
+    let requests = counter_vec(&r, "imgedge_requests_total", "Edge responses.", &["status", "cache"]);
+    let origin_requests = counter_vec(
+        &r,
+        "imgedge_origin_requests_total",
+        "Requests answered by the origin service.",
+        &["status"],
+    );
+    let source_fetches = counter_vec(
+        &r,
+        "imgedge_source_fetches_total",
+        "Fetches of originals from the source.",
+        &["source", "result"],
+    );
+    let transforms = counter_vec(&r, "imgedge_transforms_total", "Variants produced.", &["format"]);
+    let pool_rejected = IntCounter::new(
+        "imgedge_resize_pool_rejected_total",
+        "Misses refused because the resize pool was full.",
+    )
+    .expect("static metric definition");
+    let pool_busy = IntGauge::new("imgedge_resize_pool_busy", "Resize jobs running.")
+        .expect("static metric definition");
+    let pool_queued = IntGauge::new("imgedge_resize_pool_queued", "Resize jobs waiting.")
+        .expect("static metric definition");
+    for m in [&pool_busy, &pool_queued] {
+        r.register(Box::new(m.clone())).expect("metric registered once");
+    }
+    r.register(Box::new(pool_rejected.clone())).expect("metric registered once");
+    Metrics {
+        registry: r,
+        requests,
+        origin_requests,
+        source_fetches,
+        transforms,
+        pool_rejected,
+        pool_busy,
+        pool_queued,
+    }
+});
+
+/// The process-wide metrics.
+pub fn metrics() -> &'static Metrics {
+    &METRICS
+}
+
+/// The metrics in Prometheus text format.
+pub fn render() -> String {
+    let mut out = String::new();
+    let encoder = prometheus::TextEncoder::new();
+    if let Err(e) = encoder.encode_utf8(&metrics().registry.gather(), &mut out) {
+        tracing::error!("metrics encoding failed: {e}");
+    }
+    out
+}

@@ -1,0 +1,223 @@
+//! The origin service: the edge's upstream for misses, on a Unix socket in the same process.
+//!
+//! It answers `GET /image/{id}?<canonical query>` by fetching the original from the
+//! [`source`], producing the variant on the [`pool`] with [`transform`], and labelling the answer
+//! with `ETag` and `Cache-Control` so the edge's cache and clients' caches know what to keep.
+//! Errors become one-line text answers with the status from [`Error::status`]; the ones that are
+//! a property of the original (404, 422) carry the short negative TTL.
+
+pub mod pool;
+pub mod source;
+pub mod transform;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::{Response, StatusCode};
+use pingora_core::apps::http_app::ServeHttp;
+use pingora_core::protocols::http::ServerSession;
+use sha2::{Digest, Sha256};
+
+use crate::config::{Config, SourceKind};
+use crate::error::{Error, Result};
+use crate::metrics::metrics;
+use crate::variant::{ParseOptions, Variant};
+use pool::ResizePool;
+use source::{KeyTemplate, LocalSource, S3Source, Source, SourceError};
+use transform::{TransformLimits, TransformSettings};
+
+/// A successful answer: the bytes and their type.
+#[derive(Debug)]
+pub struct Rendered {
+    /// Body.
+    pub body: Vec<u8>,
+    /// `Content-Type`.
+    pub mime: &'static str,
+}
+
+/// The origin: source, pool and labelling policy.
+pub struct Origin {
+    source: Arc<dyn Source>,
+    template: KeyTemplate,
+    pool: ResizePool,
+    parse: ParseOptions,
+    settings: TransformSettings,
+    max_source_bytes: u64,
+    fetch_timeout: Duration,
+    cache_control: String,
+    negative_cache_control: String,
+}
+
+impl Origin {
+    /// Build the origin from a validated config. No I/O happens until the first request.
+    pub fn from_config(cfg: &Config) -> Result<Origin> {
+        let source: Arc<dyn Source> = match cfg.origin.source {
+            SourceKind::Local => Arc::new(LocalSource::new(cfg.origin.local.root.clone())),
+            SourceKind::S3 => Arc::new(S3Source::new(cfg.origin.s3.clone())),
+        };
+        Origin::new(cfg, source)
+    }
+
+    /// Build the origin around a given source (tests and benches use their own).
+    pub fn new(cfg: &Config, source: Arc<dyn Source>) -> Result<Origin> {
+        let template = KeyTemplate::parse(&cfg.origin.key_template)
+            .map_err(|m| Error::Internal(format!("origin.key_template: {m}")))?;
+        Ok(Origin {
+            source,
+            template,
+            pool: ResizePool::new(
+                cfg.transform.worker_count(),
+                cfg.transform.queue,
+                cfg.transform.retry_after,
+            ),
+            parse: cfg.parse_options(),
+            settings: TransformSettings {
+                limits: TransformLimits {
+                    max_source_pixels: cfg.limits.max_source_pixels,
+                },
+                background: cfg.transform.background_rgb(),
+                default_quality: cfg.transform.default_quality,
+            },
+            max_source_bytes: cfg.limits.max_source_bytes.as_u64(),
+            fetch_timeout: cfg.origin.fetch_timeout,
+            cache_control: cfg.origin.cache_control.clone(),
+            negative_cache_control: format!("public, max-age={}", cfg.origin.negative_ttl.as_secs()),
+        })
+    }
+
+    async fn fetch(&self, id: &str) -> Result<Bytes> {
+        let key = self.template.render(id);
+        let kind = self.source.kind();
+        let fetched = tokio::time::timeout(
+            self.fetch_timeout,
+            self.source.fetch(&key, self.max_source_bytes),
+        )
+        .await
+        .unwrap_or(Err(SourceError::Timeout));
+        let label = match &fetched {
+            Ok(_) => "ok",
+            Err(SourceError::NotFound) => "not_found",
+            Err(SourceError::TooLarge { .. }) => "too_large",
+            Err(SourceError::Timeout) => "timeout",
+            Err(SourceError::Failed(_)) => "error",
+        };
+        metrics().source_fetches.with_label_values(&[kind, label]).inc();
+        if let Err(SourceError::Failed(msg)) = &fetched {
+            tracing::warn!(source = kind, key = %key, "fetch failed: {msg}");
+        }
+        Ok(fetched?)
+    }
+
+    /// Produce the answer for one canonical request.
+    pub async fn render(&self, path: &str, query: Option<&str>) -> Result<Rendered> {
+        let variant = Variant::parse(path, query, &self.parse)?;
+        let slot = self.pool.admit()?;
+        let original = self.fetch(&variant.id).await?;
+        let settings = self.settings;
+        match variant.transform {
+            None => {
+                // Served as stored, but only if it is an image whose header is within limits:
+                // never pass HTML or an S3 error body through under an image URL.
+                let mime = self
+                    .pool
+                    .run(&slot, move || {
+                        let format = transform::require_image(&original)?;
+                        if format != transform::sniff::SourceFormat::Avif {
+                            transform::decode::check_header(&original, format, &settings.limits)?;
+                        }
+                        Ok((format.mime(), original))
+                    })
+                    .await?;
+                Ok(Rendered {
+                    body: mime.1.to_vec(),
+                    mime: mime.0,
+                })
+            }
+            Some(t) => {
+                let out = self
+                    .pool
+                    .run(&slot, move || transform::transform(&original, &t, &settings))
+                    .await?;
+                metrics()
+                    .transforms
+                    .with_label_values(&[out.format.as_str()])
+                    .inc();
+                Ok(Rendered {
+                    body: out.bytes,
+                    mime: out.format.mime(),
+                })
+            }
+        }
+    }
+
+    /// Turn a result into the HTTP answer.
+    pub fn respond(&self, result: Result<Rendered>) -> Response<Vec<u8>> {
+        let built = match result {
+            Ok(r) => Response::builder()
+                .status(StatusCode::OK)
+                .header("content-type", r.mime)
+                .header("content-length", r.body.len())
+                .header("etag", etag(&r.body))
+                .header("cache-control", &self.cache_control)
+                .header("x-content-type-options", "nosniff")
+                .body(r.body),
+            Err(e) => {
+                if e.status() >= 500 {
+                    tracing::warn!("origin answered {}: {e}", e.status());
+                }
+                let cc = if e.is_negative_cacheable() {
+                    self.negative_cache_control.as_str()
+                } else {
+                    "no-store"
+                };
+                let body = format!("{}\n", e.reason()).into_bytes();
+                let mut b = Response::builder()
+                    .status(e.status())
+                    .header("content-type", "text/plain; charset=utf-8")
+                    .header("content-length", body.len())
+                    .header("cache-control", cc)
+                    .header("x-content-type-options", "nosniff");
+                if let Error::Busy { retry_after } = e {
+                    b = b.header("retry-after", retry_after.as_secs().max(1));
+                }
+                b.body(body)
+            }
+        };
+        built.unwrap_or_else(|e| {
+            tracing::error!("building origin response: {e}");
+            let mut r = Response::new(b"internal error\n".to_vec());
+            *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+            r
+        })
+    }
+}
+
+/// A strong validator from the content: equal bytes, equal tag, across nodes and restarts.
+fn etag(body: &[u8]) -> String {
+    let digest = Sha256::digest(body);
+    format!("\"{}\"", hex::encode(&digest[..16]))
+}
+
+/// The origin as a Pingora HTTP app.
+pub struct OriginApp(pub Arc<Origin>);
+
+#[async_trait]
+impl ServeHttp for OriginApp {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let req = session.req_header();
+        let result = if req.method != http::Method::GET {
+            Err(Error::MethodNotAllowed)
+        } else {
+            let (path, query) = (req.uri.path().to_string(), req.uri.query().map(str::to_string));
+            self.0.render(&path, query.as_deref()).await
+        };
+        let resp = self.0.respond(result);
+        metrics()
+            .origin_requests
+            .with_label_values(&[resp.status().as_str()])
+            .inc();
+        resp
+    }
+}

@@ -1,0 +1,82 @@
+//! Original bytes in, variant bytes out: sniff → decode (with limits) → plan → resize → encode.
+//!
+//! Everything here is synchronous and CPU-bound; it runs on the resize pool
+//! ([`crate::origin::pool`]), never on an async thread.
+
+pub mod decode;
+pub mod encode;
+pub mod geometry;
+pub mod resize;
+pub mod sniff;
+
+use crate::error::{Error, Result};
+use crate::variant::{OutputFormat, Transform};
+use sniff::SourceFormat;
+
+/// Limits a source must respect before any pixel is allocated.
+#[derive(Debug, Clone, Copy)]
+pub struct TransformLimits {
+    /// Largest source in pixels (width x height as declared by the header).
+    pub max_source_pixels: u64,
+}
+
+/// Settings that shape outputs.
+#[derive(Debug, Clone, Copy)]
+pub struct TransformSettings {
+    /// Source limits.
+    pub limits: TransformLimits,
+    /// Background transparent pixels are flattened onto for JPEG output.
+    pub background: [u8; 3],
+    /// Quality for `format=auto` when `q` was folded out (never, today) and for defaults.
+    pub default_quality: u8,
+}
+
+/// An encoded variant.
+#[derive(Debug)]
+pub struct Output {
+    /// The encoded image.
+    pub bytes: Vec<u8>,
+    /// Its format.
+    pub format: OutputFormat,
+    /// Its width.
+    pub width: u32,
+    /// Its height.
+    pub height: u32,
+}
+
+/// The format `format=auto` resolves to for a source.
+pub fn auto_format(src: SourceFormat) -> OutputFormat {
+    match src {
+        SourceFormat::Png => OutputFormat::Png,
+        SourceFormat::Webp => OutputFormat::Webp,
+        _ => OutputFormat::Jpeg,
+    }
+}
+
+/// Recognise the format or refuse with 422.
+pub fn require_image(bytes: &[u8]) -> Result<SourceFormat> {
+    if bytes.is_empty() {
+        return Err(Error::unprocessable("original is empty"));
+    }
+    sniff::sniff(bytes).ok_or_else(|| Error::unprocessable("original is not an image"))
+}
+
+/// Produce the variant `t` of the original `bytes`.
+pub fn transform(bytes: &[u8], t: &Transform, s: &TransformSettings) -> Result<Output> {
+    let src_format = require_image(bytes)?;
+    let format = t.format.unwrap_or_else(|| auto_format(src_format));
+    let quality = t.quality.unwrap_or(s.default_quality);
+    let pixels = decode::decode(bytes, src_format, &s.limits)?;
+    let plan = geometry::plan(pixels.width, pixels.height, t.resize);
+    let mut pixels = resize::resize(pixels, &plan)?;
+    if format == OutputFormat::Jpeg {
+        pixels = resize::flatten(pixels, s.background);
+    }
+    let bytes = encode::encode(&pixels, format, quality)?;
+    Ok(Output {
+        bytes,
+        format,
+        width: pixels.width,
+        height: pixels.height,
+    })
+}
