@@ -47,13 +47,17 @@ fn load(path: Option<&Path>) -> Result<Config, String> {
     }
 }
 
+/// Log filter when IMGEDGE_LOG is unset. pingora_cache::meta warns on every cache write that no
+/// header-compression dictionary is loaded; we do not use one.
+const DEFAULT_LOG: &str = "info,pingora_cache::meta=error";
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("IMGEDGE_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG)),
         )
         .init();
     let cli = Cli::parse();

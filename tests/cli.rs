@@ -1,0 +1,48 @@
+//! The binary's CLI: `check` validates configs (every example in conf/ must pass) and names the
+//! key in its errors.
+
+use std::process::Command;
+
+fn imgedge(args: &[&str]) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_imgedge"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.code().unwrap_or(-1), text)
+}
+
+#[test]
+fn every_example_config_is_valid() {
+    let mut n = 0;
+    for entry in std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/conf")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "yaml") {
+            let (code, text) = imgedge(&["check", "-c", path.to_str().unwrap()]);
+            assert_eq!(code, 0, "{}: {text}", path.display());
+            n += 1;
+        }
+    }
+    assert!(n >= 2, "conf/ holds the reference and the S3 example");
+}
+
+#[test]
+fn check_names_the_bad_key() {
+    let dir = tempfile::tempdir().unwrap();
+    for (yaml, key) in [
+        ("cache:\n  memory_bytes: 1KiB\n", "cache.memory_bytes"),
+        ("origin:\n  source: s3\n", "origin.s3.bucket"),
+        ("edge:\n  listne: []\n", "edge: unknown field `listne`"),
+        ("limits:\n  max_dimension: -1\n", "limits.max_dimension"),
+    ] {
+        let p = dir.path().join("c.yaml");
+        std::fs::write(&p, yaml).unwrap();
+        let (code, text) = imgedge(&["check", "-c", p.to_str().unwrap()]);
+        assert_eq!(code, 2, "{yaml}");
+        assert!(text.contains(key), "{yaml}: {text}");
+    }
+    let (code, text) = imgedge(&["check", "-c", "/nonexistent.yaml"]);
+    assert_eq!(code, 2);
+    assert!(text.contains("/nonexistent.yaml"));
+}

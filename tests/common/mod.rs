@@ -1,0 +1,270 @@
+//! Test harness: a real S3-protocol server (s3s + s3s-fs, SigV4-verifying) on loopback, and the
+//! real `imgedge` binary started against it with a per-test config, ports and directories.
+//!
+//! The S3 server counts GetObject calls per key, which is how tests prove coalescing and that
+//! hits never reach the origin. Two fault switches exist for what a real server will not do on
+//! demand: a key containing `slow` answers after [`S3Server::set_delay`], and a key containing
+//! `fail` answers 500.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use s3s::dto::{GetObjectInput, GetObjectOutput};
+use s3s::{s3_error, S3Request, S3Response, S3Result, S3};
+
+pub const BUCKET: &str = "originals";
+pub const ACCESS_KEY: &str = "imgedge-test";
+pub const SECRET_KEY: &str = "imgedge-test-secret";
+/// The seeds' layout, used by every S3 test.
+pub const KEY_TEMPLATE: &str = "{id:0:4}/{id:4:2}/{id}";
+
+/// Path of a file in `tests/data` or `conf/samples`.
+pub fn data(name: &str) -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let t = root.join("tests/data").join(name);
+    if t.exists() {
+        t
+    } else {
+        root.join("conf/samples").join(name)
+    }
+}
+
+pub fn read(name: &str) -> Vec<u8> {
+    std::fs::read(data(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+#[derive(Default)]
+struct Counters {
+    gets: Mutex<HashMap<String, u64>>,
+    delay_ms: AtomicU64,
+}
+
+struct CountingFs {
+    inner: s3s_fs::FileSystem,
+    counters: Arc<Counters>,
+}
+
+#[async_trait]
+impl S3 for CountingFs {
+    async fn get_object(&self, req: S3Request<GetObjectInput>) -> S3Result<S3Response<GetObjectOutput>> {
+        let key = req.input.key.clone();
+        *self.counters.gets.lock().unwrap().entry(key.clone()).or_default() += 1;
+        if key.contains("slow") {
+            let ms = self.counters.delay_ms.load(Ordering::Relaxed);
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+        }
+        if key.contains("fail") {
+            return Err(s3_error!(InternalError, "injected failure"));
+        }
+        self.inner.get_object(req).await
+    }
+}
+
+/// An S3-protocol server on 127.0.0.1 serving a temp directory.
+pub struct S3Server {
+    pub addr: SocketAddr,
+    root: tempfile::TempDir,
+    counters: Arc<Counters>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl S3Server {
+    /// Start on the current tokio runtime.
+    pub async fn start() -> S3Server {
+        use hyper_util::rt::{TokioExecutor, TokioIo};
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(root.path().join(BUCKET)).unwrap();
+        let counters = Arc::new(Counters::default());
+        let fs = CountingFs {
+            inner: s3s_fs::FileSystem::new(root.path()).unwrap(),
+            counters: counters.clone(),
+        };
+        let mut b = s3s::service::S3ServiceBuilder::new(fs);
+        b.set_auth(s3s::auth::SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
+        let service = b.build();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { continue };
+                let service = service.clone();
+                tokio::spawn(async move {
+                    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    let _ = builder.serve_connection(TokioIo::new(stream), service).await;
+                });
+            }
+        });
+        S3Server {
+            addr,
+            root,
+            counters,
+            task,
+        }
+    }
+
+    /// Store `bytes` as the original of `id` (laid out with [`KEY_TEMPLATE`]).
+    pub fn put(&self, id: &str, bytes: &[u8]) {
+        let key = format!("{}/{}/{}", &id[..4.min(id.len())], &id[4.min(id.len())..6.min(id.len())], id);
+        let path = self.root.path().join(BUCKET).join(key);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, bytes).unwrap();
+    }
+
+    /// GetObject calls so far for the object of `id`.
+    pub fn gets(&self, id: &str) -> u64 {
+        let gets = self.counters.gets.lock().unwrap();
+        gets.iter().filter(|(k, _)| k.ends_with(&format!("/{id}"))).map(|(_, n)| n).sum()
+    }
+
+    /// GetObject calls so far, all keys.
+    pub fn total_gets(&self) -> u64 {
+        self.counters.gets.lock().unwrap().values().sum()
+    }
+
+    /// How long keys containing `slow` take to answer.
+    pub fn set_delay(&self, d: Duration) {
+        self.counters.delay_ms.store(d.as_millis() as u64, Ordering::Relaxed);
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// The real binary, running with a generated config.
+pub struct Imgedge {
+    child: Child,
+    pub base: String,
+    pub admin: String,
+    pub dir: tempfile::TempDir,
+    pub client: reqwest::Client,
+}
+
+/// Config for an imgedge pointed at `s3`; `extra` is YAML merged in by section (it replaces the
+/// named top-level sections' keys listed in it).
+pub fn s3_config(s3: &S3Server, secret: &str) -> String {
+    format!(
+        "origin:\n  source: s3\n  key_template: \"{KEY_TEMPLATE}\"\n  fetch_timeout: 3s\n  s3:\n    bucket: {BUCKET}\n    region: us-east-1\n    endpoint: http://{}\n    force_path_style: true\n    access_key_id: {ACCESS_KEY}\n    secret_access_key: {secret}\n    checksums: when_required\n    max_attempts: 2\n    attempt_timeout: 2s\n",
+        s3.addr
+    )
+}
+
+impl Imgedge {
+    /// Start against `s3` with valid credentials and `extra` top-level YAML sections appended.
+    pub async fn start(s3: &S3Server, extra: &str) -> Imgedge {
+        Self::start_with(&s3_config(s3, SECRET_KEY), extra).await
+    }
+
+    /// Start with an origin section and extra sections.
+    pub async fn start_with(origin_yaml: &str, extra: &str) -> Imgedge {
+        let dir = tempfile::tempdir().unwrap();
+        let (port, admin_port) = (free_port(), free_port());
+        let d = dir.path().display();
+        let yaml = format!(
+            "server:\n  threads: 2\n  pid_file: {d}/imgedge.pid\n  upgrade_sock: {d}/upgrade.sock\nedge:\n  listen: [\"127.0.0.1:{port}\"]\nadmin:\n  listen: 127.0.0.1:{admin_port}\n{}{extra}",
+            origin_yaml.replace("origin:\n", &format!("origin:\n  socket: {d}/origin.sock\n"))
+        );
+        let conf = dir.path().join("imgedge.yaml");
+        std::fs::write(&conf, &yaml).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_imgedge"))
+            .args(["serve", "-c"])
+            .arg(&conf)
+            .env("IMGEDGE_LOG", "warn,pingora_cache::meta=error")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn imgedge");
+        let client = reqwest::Client::builder().no_proxy().build().unwrap();
+        let node = Imgedge {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+            admin: format!("http://127.0.0.1:{admin_port}"),
+            dir,
+            client,
+        };
+        node.wait_ready().await;
+        node
+    }
+
+    async fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let admin = self.client.get(format!("{}/healthz", self.admin)).send().await;
+            let edge = self.client.get(format!("{}/", self.base)).send().await;
+            if matches!(admin, Ok(ref r) if r.status() == 200) && edge.is_ok() {
+                return;
+            }
+            assert!(Instant::now() < deadline, "imgedge did not become ready");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn url(&self, path_and_query: &str) -> String {
+        format!("{}{}", self.base, path_and_query)
+    }
+
+    pub async fn get(&self, path_and_query: &str) -> reqwest::Response {
+        self.client.get(self.url(path_and_query)).send().await.unwrap()
+    }
+
+    /// Sum of the samples of one metric whose label set contains every `labels` pair.
+    pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        let text = self
+            .client
+            .get(format!("{}/metrics", self.admin))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter(|l| l.split(['{', ' ']).next() == Some(name))
+            .filter(|l| labels.iter().all(|(k, v)| l.contains(&format!("{k}=\"{v}\""))))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    /// Variants the origin has produced (all formats).
+    pub async fn transforms(&self) -> f64 {
+        self.metric("imgedge_transforms_total", &[]).await
+    }
+
+    /// Requests the origin service has answered.
+    pub async fn origin_requests(&self) -> f64 {
+        self.metric("imgedge_origin_requests_total", &[]).await
+    }
+
+    /// Whether the process is still running.
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Imgedge {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Decode an image response body and return its dimensions and format.
+pub fn dims(bytes: &[u8]) -> (u32, u32, image::ImageFormat) {
+    let fmt = image::guess_format(bytes).expect("an image");
+    let img = image::load_from_memory(bytes).expect("decodable");
+    (img.width(), img.height(), fmt)
+}
