@@ -1,1 +1,54 @@
-fn main(){}
+//! The miss path's CPU work: decode → resize → encode, one image at a time on one thread.
+//! Inputs are the samples in conf/samples.
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use imgedge::origin::transform::{transform, TransformLimits, TransformSettings};
+use imgedge::variant::{ParseOptions, Variant};
+use std::hint::black_box;
+
+fn sample(name: &str) -> Vec<u8> {
+    std::fs::read(format!(
+        "{}/conf/samples/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap()
+}
+
+fn bench(c: &mut Criterion) {
+    let settings = TransformSettings {
+        limits: TransformLimits {
+            max_source_pixels: 50_000_000,
+        },
+        background: [255, 255, 255],
+        default_quality: 80,
+    };
+    let opts = ParseOptions::default();
+    let mut g = c.benchmark_group("transform");
+    g.sample_size(20);
+    for (name, file, query) in [
+        ("4MP jpeg -> 400w jpeg", "kite.jpg", "size=400x"),
+        (
+            "4MP jpeg -> 400x400 cover webp",
+            "kite.jpg",
+            "size=400x400&format=webp",
+        ),
+        (
+            "0.26MP rgba png -> 200 png",
+            "astronaut.png",
+            "size=200x200",
+        ),
+    ] {
+        let src = sample(file);
+        let t = Variant::parse("/image/x", Some(query), &opts)
+            .unwrap()
+            .transform
+            .unwrap();
+        g.bench_function(name, |b| {
+            b.iter(|| black_box(transform(black_box(&src), &t, &settings).unwrap()))
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

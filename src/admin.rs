@@ -25,7 +25,11 @@ impl ServeHttp for AdminApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let req = session.req_header();
         if req.method != http::Method::GET {
-            return text(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "method not allowed\n".into());
+            return text(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "text/plain",
+                "method not allowed\n".into(),
+            );
         }
         match req.uri.path() {
             "/healthz" => text(StatusCode::OK, "text/plain", "ok\n".into()),

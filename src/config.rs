@@ -385,7 +385,11 @@ impl Config {
             serde_path_to_error::deserialize(de).map_err(|e| {
                 let key = e.path().to_string();
                 ConfigError::Parse {
-                    key: if key == "." { "(top level)".into() } else { key },
+                    key: if key == "." {
+                        "(top level)".into()
+                    } else {
+                        key
+                    },
                     message: e.into_inner().to_string(),
                 }
             })?
@@ -409,7 +413,10 @@ impl Config {
             return Err(invalid("edge.listen", "needs at least one address"));
         }
         if self.edge.listen.contains(&self.admin.listen) {
-            return Err(invalid("admin.listen", "must differ from every edge.listen address"));
+            return Err(invalid(
+                "admin.listen",
+                "must differ from every edge.listen address",
+            ));
         }
         if !self.origin.socket.is_absolute() {
             return Err(invalid("origin.socket", "must be an absolute path"));
@@ -431,12 +438,18 @@ impl Config {
             SourceKind::S3 => {
                 let s3 = &self.origin.s3;
                 if s3.bucket.is_empty() {
-                    return Err(invalid("origin.s3.bucket", "must be set when origin.source is s3"));
+                    return Err(invalid(
+                        "origin.s3.bucket",
+                        "must be set when origin.source is s3",
+                    ));
                 }
-                if !s3.endpoint.is_empty()
-                    && !(s3.endpoint.starts_with("http://") || s3.endpoint.starts_with("https://"))
-                {
-                    return Err(invalid("origin.s3.endpoint", "must start with http:// or https://"));
+                let scheme_ok =
+                    s3.endpoint.starts_with("http://") || s3.endpoint.starts_with("https://");
+                if !s3.endpoint.is_empty() && !scheme_ok {
+                    return Err(invalid(
+                        "origin.s3.endpoint",
+                        "must start with http:// or https://",
+                    ));
                 }
                 if s3.access_key_id.is_empty() != s3.secret_access_key.is_empty() {
                     return Err(invalid(
@@ -453,7 +466,10 @@ impl Config {
             return Err(invalid("origin.fetch_timeout", "must be positive"));
         }
         if http::HeaderValue::from_str(&self.origin.cache_control).is_err() {
-            return Err(invalid("origin.cache_control", "is not a valid header value"));
+            return Err(invalid(
+                "origin.cache_control",
+                "is not a valid header value",
+            ));
         }
         if !(1..=65500).contains(&self.limits.max_dimension) {
             return Err(invalid("limits.max_dimension", "must be in 1..=65500"));
@@ -468,7 +484,10 @@ impl Config {
             return Err(invalid("transform.default_quality", "must be in 1..=100"));
         }
         if parse_rgb(&self.transform.background).is_none() {
-            return Err(invalid("transform.background", "must be RRGGBB hex, e.g. ffffff"));
+            return Err(invalid(
+                "transform.background",
+                "must be RRGGBB hex, e.g. ffffff",
+            ));
         }
         if self.cache.memory_bytes.as_u64() < 1024 * 1024 {
             return Err(invalid("cache.memory_bytes", "must be at least 1 MiB"));
@@ -526,7 +545,8 @@ mod tests {
     fn invalid_values_are_named() {
         assert!(err("origin:\n  source: s3\n").starts_with("origin.s3.bucket:"));
         assert!(err("transform:\n  background: white\n").starts_with("transform.background:"));
-        assert!(err("origin:\n  local:\n    root: /nonexistent/dir\n").starts_with("origin.local.root:"));
+        assert!(err("origin:\n  local:\n    root: /nonexistent/dir\n")
+            .starts_with("origin.local.root:"));
         assert!(err("cache:\n  lock_wait_timeout: 1s\n").starts_with("cache.lock_wait_timeout:"));
         assert!(err("server:\n  pid_file: rel.pid\n").starts_with("server.pid_file:"));
         assert!(err("origin:\n  key_template: \"{id:0:}\"\n").starts_with("origin.key_template:"));

@@ -84,11 +84,15 @@ async fn respond_error(session: &mut Session, err: &Error) -> Result<()> {
     h.insert_header("x-content-type-options", "nosniff")?;
     match err {
         Error::MethodNotAllowed => h.insert_header("allow", "GET, HEAD")?,
-        Error::Busy { retry_after } => h.insert_header("retry-after", retry_after.as_secs().max(1))?,
+        Error::Busy { retry_after } => {
+            h.insert_header("retry-after", retry_after.as_secs().max(1))?
+        }
         _ => {}
     }
     let head_only = session.req_header().method == http::Method::HEAD;
-    session.write_response_header(Box::new(h), head_only).await?;
+    session
+        .write_response_header(Box::new(h), head_only)
+        .await?;
     if !head_only {
         session.write_response_body(Some(body), true).await?;
     }
@@ -160,13 +164,22 @@ impl ProxyHttp for Edge {
         match resp.status.as_u16() {
             200 | 404 | 422 => {
                 let cc = CacheControl::from_resp_headers(resp);
-                Ok(resp_cacheable(cc.as_ref(), resp.clone(), false, &self.meta_defaults))
+                Ok(resp_cacheable(
+                    cc.as_ref(),
+                    resp.clone(),
+                    false,
+                    &self.meta_defaults,
+                ))
             }
             _ => Ok(RespCacheable::Uncacheable(NoCacheReason::OriginNotCache)),
         }
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut EdgeCtx) -> Result<Box<HttpPeer>> {
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut EdgeCtx,
+    ) -> Result<Box<HttpPeer>> {
         let mut peer = HttpPeer::new_uds(&self.origin_socket, false, String::new())?;
         peer.options.connection_timeout = Some(Duration::from_secs(1));
         peer.options.read_timeout = Some(self.origin_read_timeout);
@@ -206,7 +219,12 @@ impl ProxyHttp for Edge {
         Ok(())
     }
 
-    async fn fail_to_proxy(&self, session: &mut Session, e: &PError, _ctx: &mut EdgeCtx) -> FailToProxy {
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &PError,
+        _ctx: &mut EdgeCtx,
+    ) -> FailToProxy {
         let err = match e.etype() {
             ErrorType::HTTPStatus(code) if *code == 504 => Error::Timeout,
             ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => {
@@ -232,10 +250,17 @@ impl ProxyHttp for Edge {
         }
     }
 
+    fn suppress_error_log(&self, _session: &Session, _ctx: &EdgeCtx, error: &PError) -> bool {
+        // Clients hanging up mid-request is routine at an edge, not an error worth a log line.
+        error.esource() == &ErrorSource::Downstream
+            && matches!(
+                error.etype(),
+                ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError
+            )
+    }
+
     async fn logging(&self, session: &mut Session, e: Option<&PError>, ctx: &mut EdgeCtx) {
-        let status = session
-            .response_written()
-            .map_or(0, |r| r.status.as_u16());
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let cache = Self::cache_status(session);
         metrics()
             .requests

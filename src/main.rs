@@ -48,8 +48,9 @@ fn load(path: Option<&Path>) -> Result<Config, String> {
 }
 
 /// Log filter when IMGEDGE_LOG is unset. pingora_cache::meta warns on every cache write that no
-/// header-compression dictionary is loaded; we do not use one.
-const DEFAULT_LOG: &str = "info,pingora_cache::meta=error";
+/// header-compression dictionary is loaded (we use none); pingora's HTTP app logs the origin's
+/// write to the edge failing whenever a client hangs up mid-miss, which the edge already counts.
+const DEFAULT_LOG: &str = "info,pingora_cache::meta=error,pingora_core::apps::http_app=off";
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()

@@ -27,13 +27,19 @@ pub struct Metrics {
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let c = IntCounterVec::new(Opts::new(name, help), labels).expect("static metric definition");
-    r.register(Box::new(c.clone())).expect("metric registered once");
+    r.register(Box::new(c.clone()))
+        .expect("metric registered once");
     c
 }
 
 static METRICS: Lazy<Metrics> = Lazy::new(|| {
     let r = Registry::new();
-    let requests = counter_vec(&r, "imgedge_requests_total", "Edge responses.", &["status", "cache"]);
+    let requests = counter_vec(
+        &r,
+        "imgedge_requests_total",
+        "Edge responses.",
+        &["status", "cache"],
+    );
     let origin_requests = counter_vec(
         &r,
         "imgedge_origin_requests_total",
@@ -46,7 +52,12 @@ static METRICS: Lazy<Metrics> = Lazy::new(|| {
         "Fetches of originals from the source.",
         &["source", "result"],
     );
-    let transforms = counter_vec(&r, "imgedge_transforms_total", "Variants produced.", &["format"]);
+    let transforms = counter_vec(
+        &r,
+        "imgedge_transforms_total",
+        "Variants produced.",
+        &["format"],
+    );
     let pool_rejected = IntCounter::new(
         "imgedge_resize_pool_rejected_total",
         "Misses refused because the resize pool was full.",
@@ -57,9 +68,11 @@ static METRICS: Lazy<Metrics> = Lazy::new(|| {
     let pool_queued = IntGauge::new("imgedge_resize_pool_queued", "Resize jobs waiting.")
         .expect("static metric definition");
     for m in [&pool_busy, &pool_queued] {
-        r.register(Box::new(m.clone())).expect("metric registered once");
+        r.register(Box::new(m.clone()))
+            .expect("metric registered once");
     }
-    r.register(Box::new(pool_rejected.clone())).expect("metric registered once");
+    r.register(Box::new(pool_rejected.clone()))
+        .expect("metric registered once");
     Metrics {
         registry: r,
         requests,

@@ -298,13 +298,19 @@ fn parse_id(raw: &str) -> Result<String> {
     if decoded.len() > MAX_ID_LEN {
         return Err(Error::bad_request("id longer than 512 bytes"));
     }
-    let allowed = |b: &u8| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'~' | b'/' | b'-');
+    let allowed =
+        |b: &u8| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'~' | b'/' | b'-');
     if !decoded.iter().all(allowed) {
-        return Err(Error::bad_request("id has a character outside [A-Za-z0-9._~/-]"));
+        return Err(Error::bad_request(
+            "id has a character outside [A-Za-z0-9._~/-]",
+        ));
     }
     // Only ASCII remains, so this cannot fail.
     let id = String::from_utf8(decoded).map_err(|_| Error::bad_request("id is not ASCII"))?;
-    if id.split('/').any(|seg| seg.is_empty() || seg == "." || seg == "..") {
+    if id
+        .split('/')
+        .any(|seg| seg.is_empty() || seg == "." || seg == "..")
+    {
         return Err(Error::bad_request("id has an empty, '.' or '..' segment"));
     }
     Ok(id)
@@ -339,7 +345,9 @@ fn parse_size(s: &str, fit: Fit, dpr: f64, max: u32) -> Result<Resize> {
         }
         match v.parse::<u32>() {
             Ok(n) if (1..=max).contains(&n) => Ok(Some(n)),
-            Ok(_) => Err(Error::bad_request(format!("size sides must be in 1..={max}"))),
+            Ok(_) => Err(Error::bad_request(format!(
+                "size sides must be in 1..={max}"
+            ))),
             Err(_) => Err(Error::bad_request(BAD)),
         }
     };
@@ -382,7 +390,10 @@ mod tests {
         let v = parse("/image/abc.jpg", "").unwrap();
         assert_eq!(v.transform, None);
         assert_eq!(v.cache_key(), "v1|7:abc.jpg|orig");
-        assert_eq!(key("/image/abc.jpg", "utm_source=x&fit=cover&dpr=2"), v.cache_key());
+        assert_eq!(
+            key("/image/abc.jpg", "utm_source=x&fit=cover&dpr=2"),
+            v.cache_key()
+        );
     }
 
     #[test]
@@ -397,7 +408,10 @@ mod tests {
 
     #[test]
     fn format_aliases_and_png_quality_fold() {
-        assert_eq!(key("/image/a", "size=10x&format=jpg"), key("/image/a", "size=10x&format=jpeg"));
+        assert_eq!(
+            key("/image/a", "size=10x&format=jpg"),
+            key("/image/a", "size=10x&format=jpeg")
+        );
         assert_eq!(
             key("/image/a", "size=10x&format=png&q=10"),
             key("/image/a", "size=10x&format=png&q=90")
@@ -410,9 +424,18 @@ mod tests {
 
     #[test]
     fn one_sided_sizes_fold_the_fit() {
-        assert_eq!(key("/image/a", "size=100x&fit=fill"), key("/image/a", "size=100x"));
-        assert_eq!(key("/image/a", "size=x100&fit=cover"), key("/image/a", "size=x100&fit=inside"));
-        assert_ne!(key("/image/a", "size=100x100&fit=fill"), key("/image/a", "size=100x100"));
+        assert_eq!(
+            key("/image/a", "size=100x&fit=fill"),
+            key("/image/a", "size=100x")
+        );
+        assert_eq!(
+            key("/image/a", "size=x100&fit=cover"),
+            key("/image/a", "size=x100&fit=inside")
+        );
+        assert_ne!(
+            key("/image/a", "size=100x100&fit=fill"),
+            key("/image/a", "size=100x100")
+        );
     }
 
     #[test]
@@ -475,7 +498,10 @@ mod tests {
         assert_eq!(parse(&long, "").unwrap_err().status(), 400);
         let ok = format!("/image/{}", "a".repeat(512));
         assert!(parse(&ok, "").is_ok());
-        assert_eq!(parse("/image/3972/b1/x.jpg", "").unwrap().id, "3972/b1/x.jpg");
+        assert_eq!(
+            parse("/image/3972/b1/x.jpg", "").unwrap().id,
+            "3972/b1/x.jpg"
+        );
         assert_eq!(parse("/image/a%2Db", "").unwrap().id, "a-b");
         assert_eq!(parse("/other/a", "").unwrap_err().status(), 404);
     }
@@ -497,11 +523,13 @@ mod tests {
                 (1u32..=4096, 1u32..=4096).prop_map(|(w, h)| format!("size={w}x{h}")),
                 (1u32..=4096).prop_map(|w| format!("size={w}x")),
                 (1u32..=4096).prop_map(|h| format!("size=x{h}")),
-                prop::sample::select(vec!["cover", "inside", "fill"]).prop_map(|f| format!("fit={f}")),
+                prop::sample::select(vec!["cover", "inside", "fill"])
+                    .prop_map(|f| format!("fit={f}")),
                 prop::sample::select(vec!["jpeg", "jpg", "png", "webp"])
                     .prop_map(|f| format!("format={f}")),
                 (1u8..=100).prop_map(|q| format!("q={q}")),
-                prop::sample::select(vec!["1", "1.5", "2", "3", "4"]).prop_map(|d| format!("dpr={d}")),
+                prop::sample::select(vec!["1", "1.5", "2", "3", "4"])
+                    .prop_map(|d| format!("dpr={d}")),
                 "[a-z_]{1,8}=[a-z0-9]{0,6}".prop_map(|s| format!("utm_{s}")),
             ]
         }

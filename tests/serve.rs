@@ -21,7 +21,10 @@ async fn node_with_samples(extra: &str) -> (S3Server, Imgedge) {
 }
 
 fn header<'a>(r: &'a reqwest::Response, name: &str) -> &'a str {
-    r.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
+    r.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
 }
 
 /// Mean absolute difference per channel between two RGB images of equal size.
@@ -66,7 +69,9 @@ async fn every_fit_has_the_right_geometry() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cover_crops_the_centre_and_fill_stretches() {
     let (_s3, node) = node_with_samples("").await;
-    let src = image::load_from_memory(&read("kite.jpg")).unwrap().to_rgb8();
+    let src = image::load_from_memory(&read("kite.jpg"))
+        .unwrap()
+        .to_rgb8();
     let lanczos = image::imageops::FilterType::Lanczos3;
     // References computed independently with the image crate.
     let centre = image::imageops::crop_imm(&src, 480, 0, 1600, 1600).to_image();
@@ -83,11 +88,20 @@ async fn cover_crops_the_centre_and_fill_stretches() {
     };
     let cover = get("cover").await;
     let fill = get("fill").await;
-    let (cc, cf) = (mean_abs_diff(&cover, &cover_ref), mean_abs_diff(&cover, &fill_ref));
-    let (ff, fc) = (mean_abs_diff(&fill, &fill_ref), mean_abs_diff(&fill, &cover_ref));
+    let (cc, cf) = (
+        mean_abs_diff(&cover, &cover_ref),
+        mean_abs_diff(&cover, &fill_ref),
+    );
+    let (ff, fc) = (
+        mean_abs_diff(&fill, &fill_ref),
+        mean_abs_diff(&fill, &cover_ref),
+    );
     assert!(cc < 4.0, "cover vs its reference: {cc}");
     assert!(ff < 4.0, "fill vs its reference: {ff}");
-    assert!(cf > 2.0 * cc && fc > 2.0 * ff, "fits are distinguishable: {cc} {cf} {ff} {fc}");
+    assert!(
+        cf > 2.0 * cc && fc > 2.0 * ff,
+        "fits are distinguishable: {cc} {cf} {ff} {fc}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -115,7 +129,12 @@ async fn formats_quality_and_alpha() {
     }
     let (_, low) = body(format!("/image/{KITE}?size=600x&q=10")).await;
     let (_, high) = body(format!("/image/{KITE}?size=600x&q=95")).await;
-    assert!(low.len() * 2 < high.len(), "q=10 {} vs q=95 {}", low.len(), high.len());
+    assert!(
+        low.len() * 2 < high.len(),
+        "q=10 {} vs q=95 {}",
+        low.len(),
+        high.len()
+    );
     let (_, wlow) = body(format!("/image/{KITE}?size=600x&format=webp&q=10")).await;
     let (_, whigh) = body(format!("/image/{KITE}?size=600x&format=webp&q=95")).await;
     assert!(wlow.len() * 2 < whigh.len());
@@ -125,11 +144,21 @@ async fn formats_quality_and_alpha() {
     assert_eq!(ct, "image/png");
     let img = image::load_from_memory(&png).unwrap();
     assert!(img.color().has_alpha());
-    assert_eq!(img.to_rgba8().get_pixel(0, 0)[3], 0, "corner stays transparent");
+    assert_eq!(
+        img.to_rgba8().get_pixel(0, 0)[3],
+        0,
+        "corner stays transparent"
+    );
     let (ct, jpg) = body(format!("/image/{ASTRO}?size=128x128&format=jpeg")).await;
     assert_eq!(ct, "image/jpeg");
-    let corner = *image::load_from_memory(&jpg).unwrap().to_rgb8().get_pixel(0, 0);
-    assert!(corner.0.iter().all(|&c| c > 240), "flattened onto white: {corner:?}");
+    let corner = *image::load_from_memory(&jpg)
+        .unwrap()
+        .to_rgb8()
+        .get_pixel(0, 0);
+    assert!(
+        corner.0.iter().all(|&c| c > 240),
+        "flattened onto white: {corner:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -143,7 +172,13 @@ async fn equivalent_urls_and_any_headers_share_one_object() {
         format!("/image/{KITE}?size=100x200&format=auto_is_not_a_param_but_this_is_unknown&x=1")
             .replace("&format=auto_is_not_a_param_but_this_is_unknown", ""),
     ];
-    let agents = ["Mozilla/5.0 (iPhone)", "curl/8", "Googlebot/2.1", "", "Mozilla/5.0 (Windows)"];
+    let agents = [
+        "Mozilla/5.0 (iPhone)",
+        "curl/8",
+        "Googlebot/2.1",
+        "",
+        "Mozilla/5.0 (Windows)",
+    ];
     let mut bodies = Vec::new();
     for (i, (u, ua)) in urls.iter().zip(agents).enumerate() {
         let r = node
@@ -156,7 +191,11 @@ async fn equivalent_urls_and_any_headers_share_one_object() {
             .await
             .unwrap();
         assert_eq!(r.status(), 200);
-        assert_eq!(header(&r, "x-cache"), if i == 0 { "MISS" } else { "HIT" }, "{u}");
+        assert_eq!(
+            header(&r, "x-cache"),
+            if i == 0 { "MISS" } else { "HIT" },
+            "{u}"
+        );
         assert!(r.headers().get("vary").is_none());
         bodies.push(r.bytes().await.unwrap());
     }
@@ -177,7 +216,11 @@ async fn hits_never_touch_the_origin_or_the_pool() {
     let first = node.get(&url).await;
     let etag = header(&first, "etag").to_string();
     let body = first.bytes().await.unwrap();
-    let (origin, transforms, gets) = (node.origin_requests().await, node.transforms().await, s3.total_gets());
+    let (origin, transforms, gets) = (
+        node.origin_requests().await,
+        node.transforms().await,
+        s3.total_gets(),
+    );
     assert_eq!((origin, transforms, gets), (1.0, 1.0, 1));
 
     for i in 0..30 {
@@ -280,16 +323,32 @@ async fn bad_requests_get_400_405_404_with_reasons_and_never_reach_s3() {
         assert_eq!(r.status(), 400, "{u}");
         assert_eq!(header(&r, "content-type"), "text/plain; charset=utf-8");
         let text = r.text().await.unwrap();
-        assert!(text.starts_with("bad request: ") && text.ends_with('\n'), "{u}: {text}");
+        assert!(
+            text.starts_with("bad request: ") && text.ends_with('\n'),
+            "{u}: {text}"
+        );
     }
     // Dot segments as an attacker sends them (HTTP clients normalise them away).
-    for raw in ["/image/a/../b", "/image/./x.jpg", "/image/a/%2e%2e/b?size=1x"] {
+    for raw in [
+        "/image/a/../b",
+        "/image/./x.jpg",
+        "/image/a/%2e%2e/b?size=1x",
+    ] {
         assert_eq!(raw_status(&node, raw).await, 400, "{raw}");
     }
     let r = node.get("/favicon.ico").await;
     assert_eq!(r.status(), 404);
-    for m in [reqwest::Method::POST, reqwest::Method::PUT, reqwest::Method::DELETE] {
-        let r = node.client.request(m.clone(), node.url(&format!("/image/{KITE}"))).send().await.unwrap();
+    for m in [
+        reqwest::Method::POST,
+        reqwest::Method::PUT,
+        reqwest::Method::DELETE,
+    ] {
+        let r = node
+            .client
+            .request(m.clone(), node.url(&format!("/image/{KITE}")))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 405, "{m}");
         assert_eq!(header(&r, "allow"), "GET, HEAD");
     }
@@ -306,7 +365,10 @@ async fn raw_status(node: &Imgedge, target: &str) -> u16 {
     let mut buf = Vec::new();
     s.read_to_end(&mut buf).await.unwrap();
     let text = String::from_utf8_lossy(&buf);
-    text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0)
+    text.split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -318,7 +380,11 @@ async fn missing_ids_are_404_and_cached_briefly() {
         assert!(header(&r, "cache-control").contains("max-age=60"));
         assert_eq!(r.text().await.unwrap(), "no such image\n");
     }
-    assert_eq!(s3.gets("0000000000missing.jpg"), 1, "negative answer was cached");
+    assert_eq!(
+        s3.gets("0000000000missing.jpg"),
+        1,
+        "negative answer was cached"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -338,7 +404,9 @@ async fn corrupt_and_hostile_originals_get_422_fast() {
     }
     s3.put("bad999xempty.jpg", b"");
     let mut node = Imgedge::start(&s3, "").await;
-    let mut ids: Vec<String> = (0..hostile.len()).map(|i| format!("bad{i:03}x{}", hostile[i])).collect();
+    let mut ids: Vec<String> = (0..hostile.len())
+        .map(|i| format!("bad{i:03}x{}", hostile[i]))
+        .collect();
     ids.push("bad999xempty.jpg".into());
     for id in &ids {
         for q in ["?size=200x200", "?format=png", ""] {
@@ -348,7 +416,11 @@ async fn corrupt_and_hostile_originals_get_422_fast() {
             let text = r.text().await.unwrap();
             assert_eq!(status, 422, "{id}{q}: {text}");
             assert!(text.starts_with("unprocessable image: "), "{id}{q}: {text}");
-            assert!(t.elapsed() < Duration::from_secs(5), "{id}{q} took {:?}", t.elapsed());
+            assert!(
+                t.elapsed() < Duration::from_secs(5),
+                "{id}{q} took {:?}",
+                t.elapsed()
+            );
         }
     }
     assert!(node.alive(), "the process survived every hostile file");
@@ -416,7 +488,11 @@ async fn wrong_credentials_are_refused_by_s3_and_answered_502() {
     let node = Imgedge::start_with(&s3_config(&s3, "not-the-secret"), "").await;
     let r = node.get(&format!("/image/{KITE}?size=10x")).await;
     assert_eq!(r.status(), 502);
-    assert_eq!(s3.gets(KITE), 0, "the request was rejected before the handler");
+    assert_eq!(
+        s3.gets(KITE),
+        0,
+        "the request was rejected before the handler"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -426,9 +502,15 @@ async fn full_pool_answers_503_with_retry_after() {
         s3.put(&format!("5103slow{i}.jpg"), &read("kite.jpg"));
     }
     s3.set_delay(Duration::from_millis(1500));
-    let node = Imgedge::start(&s3, "transform:\n  workers: 1\n  queue: 1\n  retry_after: 2s\n").await;
+    let node = Imgedge::start(
+        &s3,
+        "transform:\n  workers: 1\n  queue: 1\n  retry_after: 2s\n",
+    )
+    .await;
     let rs = join_all((0..4).map(|i| {
-        let req = node.client.get(node.url(&format!("/image/5103slow{i}.jpg?size=10x")));
+        let req = node
+            .client
+            .get(node.url(&format!("/image/5103slow{i}.jpg?size=10x")));
         async move { req.send().await.unwrap() }
     }))
     .await;
@@ -436,17 +518,26 @@ async fn full_pool_answers_503_with_retry_after() {
     let ok = rs.iter().filter(|r| r.status() == 200).count();
     assert_eq!((ok, busy.len()), (2, 2), "two slots, four misses");
     assert!(busy.iter().all(|r| header(r, "retry-after") == "2"));
-    assert_eq!(node.metric("imgedge_resize_pool_rejected_total", &[]).await, 2.0);
+    assert_eq!(
+        node.metric("imgedge_resize_pool_rejected_total", &[]).await,
+        2.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn local_directory_origin_serves_the_samples() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("conf/samples");
-    let origin = format!("origin:\n  source: local\n  local:\n    root: {}\n", root.display());
+    let origin = format!(
+        "origin:\n  source: local\n  local:\n    root: {}\n",
+        root.display()
+    );
     let node = Imgedge::start_with(&origin, "").await;
     let r = node.get("/image/kite.jpg?size=300x200").await;
     assert_eq!(r.status(), 200);
-    assert_eq!(dims(&r.bytes().await.unwrap()), (300, 200, image::ImageFormat::Jpeg));
+    assert_eq!(
+        dims(&r.bytes().await.unwrap()),
+        (300, 200, image::ImageFormat::Jpeg)
+    );
     assert_eq!(node.get("/image/nothing-here.jpg").await.status(), 404);
     let r = node.get("/image/path.webp?size=160x").await;
     assert_eq!(header(&r, "content-type"), "image/webp");

@@ -76,7 +76,8 @@ impl MemoryTier {
         }
         self.stored.fetch_add(size, Ordering::Relaxed);
         for evicted in self.ufo.force_put(key, obj, weight) {
-            self.stored.fetch_sub(evicted.data.size(), Ordering::Relaxed);
+            self.stored
+                .fetch_sub(evicted.data.size(), Ordering::Relaxed);
         }
     }
 
@@ -114,7 +115,11 @@ mod tests {
         let tier = MemoryTier::new(64 * PAGE);
         for k in 0..200u8 {
             tier.put(obj(k, PAGE as usize));
-            assert!(tier.stored_bytes() <= 64 * PAGE + PAGE, "{}", tier.stored_bytes());
+            assert!(
+                tier.stored_bytes() <= 64 * PAGE + PAGE,
+                "{}",
+                tier.stored_bytes()
+            );
         }
         assert!(tier.get(&[199; 16]).is_some());
     }

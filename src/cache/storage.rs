@@ -10,7 +10,9 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use pingora_cache::key::{CacheHashKey, CacheKey};
-use pingora_cache::storage::{HandleHit, HandleMiss, MissFinishType, PurgeOutcome, PurgeTarget, PurgeType};
+use pingora_cache::storage::{
+    HandleHit, HandleMiss, MissFinishType, PurgeOutcome, PurgeTarget, PurgeType,
+};
 use pingora_cache::trace::SpanHandle;
 use pingora_cache::{CacheMeta, HitHandler, MissHandler, Storage};
 use pingora_error::{Error, ErrorType, Result};
@@ -111,7 +113,10 @@ struct Fill {
 impl HandleMiss for Fill {
     async fn write_body(&mut self, data: Bytes, _eof: bool) -> Result<()> {
         if (self.body.len() + data.len()) as u64 > self.storage.max_object {
-            return Error::e_explain(ErrorType::InternalError, "object over cache.max_object_bytes");
+            return Error::e_explain(
+                ErrorType::InternalError,
+                "object over cache.max_object_bytes",
+            );
         }
         self.body.extend_from_slice(&data);
         Ok(())

@@ -83,7 +83,10 @@ impl Origin {
             max_source_bytes: cfg.limits.max_source_bytes.as_u64(),
             fetch_timeout: cfg.origin.fetch_timeout,
             cache_control: cfg.origin.cache_control.clone(),
-            negative_cache_control: format!("public, max-age={}", cfg.origin.negative_ttl.as_secs()),
+            negative_cache_control: format!(
+                "public, max-age={}",
+                cfg.origin.negative_ttl.as_secs()
+            ),
         })
     }
 
@@ -103,7 +106,10 @@ impl Origin {
             Err(SourceError::Timeout) => "timeout",
             Err(SourceError::Failed(_)) => "error",
         };
-        metrics().source_fetches.with_label_values(&[kind, label]).inc();
+        metrics()
+            .source_fetches
+            .with_label_values(&[kind, label])
+            .inc();
         if let Err(SourceError::Failed(msg)) = &fetched {
             tracing::warn!(source = kind, key = %key, "fetch failed: {msg}");
         }
@@ -120,7 +126,7 @@ impl Origin {
             None => {
                 // Served as stored, but only if it is an image whose header is within limits:
                 // never pass HTML or an S3 error body through under an image URL.
-                let mime = self
+                let (mime, body) = self
                     .pool
                     .run(&slot, move || {
                         let format = transform::require_image(&original)?;
@@ -131,14 +137,16 @@ impl Origin {
                     })
                     .await?;
                 Ok(Rendered {
-                    body: mime.1.to_vec(),
-                    mime: mime.0,
+                    body: body.to_vec(),
+                    mime,
                 })
             }
             Some(t) => {
                 let out = self
                     .pool
-                    .run(&slot, move || transform::transform(&original, &t, &settings))
+                    .run(&slot, move || {
+                        transform::transform(&original, &t, &settings)
+                    })
                     .await?;
                 metrics()
                     .transforms
@@ -210,7 +218,10 @@ impl ServeHttp for OriginApp {
         let result = if req.method != http::Method::GET {
             Err(Error::MethodNotAllowed)
         } else {
-            let (path, query) = (req.uri.path().to_string(), req.uri.query().map(str::to_string));
+            let (path, query) = (
+                req.uri.path().to_string(),
+                req.uri.query().map(str::to_string),
+            );
             self.0.render(&path, query.as_deref()).await
         };
         let resp = self.0.respond(result);

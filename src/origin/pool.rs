@@ -95,9 +95,8 @@ impl ResizePool {
             let m = metrics();
             m.pool_queued.dec();
             m.pool_busy.inc();
-            let out = catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|_| {
-                Err(Error::unprocessable("decoder failed on this image"))
-            });
+            let out = catch_unwind(AssertUnwindSafe(f))
+                .unwrap_or_else(|_| Err(Error::unprocessable("decoder failed on this image")));
             m.pool_busy.dec();
             let _ = done.send(out);
         });

@@ -53,9 +53,18 @@ struct CountingFs {
 
 #[async_trait]
 impl S3 for CountingFs {
-    async fn get_object(&self, req: S3Request<GetObjectInput>) -> S3Result<S3Response<GetObjectOutput>> {
+    async fn get_object(
+        &self,
+        req: S3Request<GetObjectInput>,
+    ) -> S3Result<S3Response<GetObjectOutput>> {
         let key = req.input.key.clone();
-        *self.counters.gets.lock().unwrap().entry(key.clone()).or_default() += 1;
+        *self
+            .counters
+            .gets
+            .lock()
+            .unwrap()
+            .entry(key.clone())
+            .or_default() += 1;
         if key.contains("slow") {
             let ms = self.counters.delay_ms.load(Ordering::Relaxed);
             tokio::time::sleep(Duration::from_millis(ms)).await;
@@ -93,11 +102,16 @@ impl S3Server {
         let addr = listener.local_addr().unwrap();
         let task = tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
                 let service = service.clone();
                 tokio::spawn(async move {
-                    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-                    let _ = builder.serve_connection(TokioIo::new(stream), service).await;
+                    let builder =
+                        hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    let _ = builder
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
                 });
             }
         });
@@ -111,7 +125,12 @@ impl S3Server {
 
     /// Store `bytes` as the original of `id` (laid out with [`KEY_TEMPLATE`]).
     pub fn put(&self, id: &str, bytes: &[u8]) {
-        let key = format!("{}/{}/{}", &id[..4.min(id.len())], &id[4.min(id.len())..6.min(id.len())], id);
+        let key = format!(
+            "{}/{}/{}",
+            &id[..4.min(id.len())],
+            &id[4.min(id.len())..6.min(id.len())],
+            id
+        );
         let path = self.root.path().join(BUCKET).join(key);
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(path, bytes).unwrap();
@@ -120,7 +139,10 @@ impl S3Server {
     /// GetObject calls so far for the object of `id`.
     pub fn gets(&self, id: &str) -> u64 {
         let gets = self.counters.gets.lock().unwrap();
-        gets.iter().filter(|(k, _)| k.ends_with(&format!("/{id}"))).map(|(_, n)| n).sum()
+        gets.iter()
+            .filter(|(k, _)| k.ends_with(&format!("/{id}")))
+            .map(|(_, n)| n)
+            .sum()
     }
 
     /// GetObject calls so far, all keys.
@@ -130,7 +152,9 @@ impl S3Server {
 
     /// How long keys containing `slow` take to answer.
     pub fn set_delay(&self, d: Duration) {
-        self.counters.delay_ms.store(d.as_millis() as u64, Ordering::Relaxed);
+        self.counters
+            .delay_ms
+            .store(d.as_millis() as u64, Ordering::Relaxed);
     }
 }
 
@@ -141,7 +165,11 @@ impl Drop for S3Server {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// The real binary, running with a generated config.
@@ -182,7 +210,10 @@ impl Imgedge {
         let child = Command::new(env!("CARGO_BIN_EXE_imgedge"))
             .args(["serve", "-c"])
             .arg(&conf)
-            .env("IMGEDGE_LOG", "warn,pingora_cache::meta=error")
+            .env(
+                "IMGEDGE_LOG",
+                "warn,pingora_cache::meta=error,pingora_core::apps::http_app=off",
+            )
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
@@ -202,7 +233,11 @@ impl Imgedge {
     async fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            let admin = self.client.get(format!("{}/healthz", self.admin)).send().await;
+            let admin = self
+                .client
+                .get(format!("{}/healthz", self.admin))
+                .send()
+                .await;
             let edge = self.client.get(format!("{}/", self.base)).send().await;
             if matches!(admin, Ok(ref r) if r.status() == 200) && edge.is_ok() {
                 return;
@@ -217,7 +252,11 @@ impl Imgedge {
     }
 
     pub async fn get(&self, path_and_query: &str) -> reqwest::Response {
-        self.client.get(self.url(path_and_query)).send().await.unwrap()
+        self.client
+            .get(self.url(path_and_query))
+            .send()
+            .await
+            .unwrap()
     }
 
     /// Sum of the samples of one metric whose label set contains every `labels` pair.
@@ -234,7 +273,11 @@ impl Imgedge {
         text.lines()
             .filter(|l| !l.starts_with('#'))
             .filter(|l| l.split(['{', ' ']).next() == Some(name))
-            .filter(|l| labels.iter().all(|(k, v)| l.contains(&format!("{k}=\"{v}\""))))
+            .filter(|l| {
+                labels
+                    .iter()
+                    .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+            })
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum()
     }

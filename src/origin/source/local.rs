@@ -27,7 +27,9 @@ impl Source for LocalSource {
         let path = self.root.join(key);
         let file = match tokio::fs::File::open(&path).await {
             Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(SourceError::NotFound),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(SourceError::NotFound)
+            }
             Err(e) => return Err(SourceError::Failed(format!("open {}: {e}", path.display()))),
         };
         let meta = file

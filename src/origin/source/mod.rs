@@ -87,14 +87,21 @@ impl KeyTemplate {
             parts.push(match inner.split(':').collect::<Vec<_>>().as_slice() {
                 ["id"] => Part::Id,
                 ["id", start, len] => {
-                    let n = |s: &str| s.parse::<usize>().map_err(|_| format!("bad number in {{{inner}}}"));
+                    let n = |s: &str| {
+                        s.parse::<usize>()
+                            .map_err(|_| format!("bad number in {{{inner}}}"))
+                    };
                     let (start, len) = (n(start)?, n(len)?);
                     if len == 0 {
                         return Err(format!("zero length in {{{inner}}}"));
                     }
                     Part::Slice(start, len)
                 }
-                _ => return Err(format!("unknown placeholder {{{inner}}}; use {{id}} or {{id:START:LEN}}")),
+                _ => {
+                    return Err(format!(
+                        "unknown placeholder {{{inner}}}; use {{id}} or {{id:START:LEN}}"
+                    ))
+                }
             });
             rest = &rest[close + 1..];
         }
@@ -104,7 +111,10 @@ impl KeyTemplate {
         if !rest.is_empty() {
             parts.push(Part::Literal(rest.to_string()));
         }
-        if !parts.iter().any(|p| matches!(p, Part::Id | Part::Slice(..))) {
+        if !parts
+            .iter()
+            .any(|p| matches!(p, Part::Id | Part::Slice(..)))
+        {
             return Err("must contain {id}".into());
         }
         if parts
@@ -149,7 +159,9 @@ mod tests {
 
     #[test]
     fn rejects_bad_templates() {
-        for bad in ["", "static", "{id", "{id:0:}", "{name}", "{id:0:0}", "../{id}", "{id}}"] {
+        for bad in [
+            "", "static", "{id", "{id:0:}", "{name}", "{id:0:0}", "../{id}", "{id}}",
+        ] {
             assert!(KeyTemplate::parse(bad).is_err(), "{bad}");
         }
     }

@@ -88,7 +88,10 @@ fn map_error(err: SdkError<GetObjectError>) -> SourceError {
                 SourceError::Failed(format!("s3 status {status}: {e}"))
             }
         }
-        other => SourceError::Failed(format!("s3: {}", aws_smithy_types::error::display::DisplayErrorContext(&other))),
+        other => SourceError::Failed(format!(
+            "s3: {}",
+            aws_smithy_types::error::display::DisplayErrorContext(&other)
+        )),
     }
 }
 

@@ -43,7 +43,11 @@ fn decode_error(e: image::ImageError) -> Error {
 
 /// Read the header only and check the declared size against the pixel limit. Used for originals
 /// served as they are, so a bomb is refused even when nothing is decoded.
-pub fn check_header(bytes: &[u8], format: SourceFormat, limits: &TransformLimits) -> Result<(u32, u32)> {
+pub fn check_header(
+    bytes: &[u8],
+    format: SourceFormat,
+    limits: &TransformLimits,
+) -> Result<(u32, u32)> {
     let decoder = open(bytes, format, limits)?;
     let (w, h) = decoder.dimensions();
     check_pixels(w, h, limits)?;
@@ -76,7 +80,12 @@ fn open<'a>(
     let side = u32::try_from(limits.max_source_pixels).unwrap_or(u32::MAX);
     l.max_image_width = Some(side);
     l.max_image_height = Some(side);
-    l.max_alloc = Some(limits.max_source_pixels.saturating_mul(8).saturating_add(64 << 20));
+    l.max_alloc = Some(
+        limits
+            .max_source_pixels
+            .saturating_mul(8)
+            .saturating_add(64 << 20),
+    );
     reader.limits(l);
     reader.into_decoder().map_err(decode_error)
 }
@@ -86,7 +95,9 @@ pub fn decode(bytes: &[u8], format: SourceFormat, limits: &TransformLimits) -> R
     let mut decoder = open(bytes, format, limits)?;
     let (w, h) = decoder.dimensions();
     check_pixels(w, h, limits)?;
-    let orientation = decoder.orientation().unwrap_or(image::metadata::Orientation::NoTransforms);
+    let orientation = decoder
+        .orientation()
+        .unwrap_or(image::metadata::Orientation::NoTransforms);
     let mut img = DynamicImage::from_decoder(decoder).map_err(decode_error)?;
     img.apply_orientation(orientation);
     let has_alpha = img.color().has_alpha();

@@ -108,7 +108,11 @@ mod tests {
     use super::*;
 
     fn r(w: Option<u32>, h: Option<u32>, fit: Fit) -> Option<Resize> {
-        Some(Resize { width: w, height: h, fit })
+        Some(Resize {
+            width: w,
+            height: h,
+            fit,
+        })
     }
 
     fn dims(p: Plan) -> (u32, u32) {
@@ -129,8 +133,14 @@ mod tests {
 
     #[test]
     fn inside_keeps_the_aspect_ratio() {
-        assert_eq!(dims(plan(2000, 1000, r(Some(100), Some(100), Fit::Inside))), (100, 50));
-        assert_eq!(dims(plan(1000, 2000, r(Some(100), Some(100), Fit::Inside))), (50, 100));
+        assert_eq!(
+            dims(plan(2000, 1000, r(Some(100), Some(100), Fit::Inside))),
+            (100, 50)
+        );
+        assert_eq!(
+            dims(plan(1000, 2000, r(Some(100), Some(100), Fit::Inside))),
+            (50, 100)
+        );
     }
 
     #[test]
@@ -142,17 +152,35 @@ mod tests {
 
     #[test]
     fn one_side_follows_the_ratio() {
-        assert_eq!(dims(plan(2560, 1600, r(Some(400), None, Fit::Inside))), (400, 250));
-        assert_eq!(dims(plan(2560, 1600, r(None, Some(400), Fit::Inside))), (640, 400));
+        assert_eq!(
+            dims(plan(2560, 1600, r(Some(400), None, Fit::Inside))),
+            (400, 250)
+        );
+        assert_eq!(
+            dims(plan(2560, 1600, r(None, Some(400), Fit::Inside))),
+            (640, 400)
+        );
     }
 
     #[test]
     fn never_enlarges() {
-        assert_eq!(dims(plan(300, 200, r(Some(600), None, Fit::Inside))), (300, 200));
-        assert_eq!(dims(plan(300, 200, r(Some(600), Some(600), Fit::Inside))), (300, 200));
+        assert_eq!(
+            dims(plan(300, 200, r(Some(600), None, Fit::Inside))),
+            (300, 200)
+        );
+        assert_eq!(
+            dims(plan(300, 200, r(Some(600), Some(600), Fit::Inside))),
+            (300, 200)
+        );
         // Cover and fill keep the box's shape, shrunk to fit.
-        assert_eq!(dims(plan(300, 200, r(Some(600), Some(600), Fit::Cover))), (200, 200));
-        assert_eq!(dims(plan(300, 200, r(Some(1000), Some(500), Fit::Fill))), (300, 150));
+        assert_eq!(
+            dims(plan(300, 200, r(Some(600), Some(600), Fit::Cover))),
+            (200, 200)
+        );
+        assert_eq!(
+            dims(plan(300, 200, r(Some(1000), Some(500), Fit::Fill))),
+            (300, 150)
+        );
         assert!(plan(300, 200, None).is_identity(300, 200));
     }
 

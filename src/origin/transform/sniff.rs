@@ -48,10 +48,14 @@ pub fn sniff(bytes: &[u8]) -> Option<SourceFormat> {
     match bytes {
         [0xFF, 0xD8, 0xFF, ..] => Some(SourceFormat::Jpeg),
         [0x89, b'P', b'N', b'G', 0x0D, 0x0A, 0x1A, 0x0A, ..] => Some(SourceFormat::Png),
-        [b'R', b'I', b'F', b'F', _, _, _, _, b'W', b'E', b'B', b'P', ..] => Some(SourceFormat::Webp),
+        [b'R', b'I', b'F', b'F', _, _, _, _, b'W', b'E', b'B', b'P', ..] => {
+            Some(SourceFormat::Webp)
+        }
         [b'G', b'I', b'F', b'8', b'7' | b'9', b'a', ..] => Some(SourceFormat::Gif),
         [b'I', b'I', 0x2A, 0x00, ..] | [b'M', b'M', 0x00, 0x2A, ..] => Some(SourceFormat::Tiff),
-        [_, _, _, _, b'f', b't', b'y', b'p', b'a', b'v', b'i', b'f' | b's', ..] => Some(SourceFormat::Avif),
+        [_, _, _, _, b'f', b't', b'y', b'p', b'a', b'v', b'i', b'f' | b's', ..] => {
+            Some(SourceFormat::Avif)
+        }
         _ => None,
     }
 }
