@@ -394,8 +394,23 @@ impl Config {
                 }
             })?
         };
+        let mut config = config;
         config.validate()?;
+        config.resolve_paths()?;
         Ok(config)
+    }
+
+    /// Make relative paths absolute now: daemon mode changes the working directory to `/`.
+    fn resolve_paths(&mut self) -> Result<(), ConfigError> {
+        if self.origin.source == SourceKind::Local {
+            self.origin.local.root = self.origin.local.root.canonicalize().map_err(|e| {
+                invalid(
+                    "origin.local.root",
+                    format!("{}: {e}", self.origin.local.root.display()),
+                )
+            })?;
+        }
+        Ok(())
     }
 
     /// Check ranges and cross-key consistency. Errors name the key.
@@ -459,6 +474,12 @@ impl Config {
                 }
                 if s3.max_attempts == 0 {
                     return Err(invalid("origin.s3.max_attempts", "must be at least 1"));
+                }
+                if s3.connect_timeout.is_zero() {
+                    return Err(invalid("origin.s3.connect_timeout", "must be positive"));
+                }
+                if s3.attempt_timeout.is_zero() {
+                    return Err(invalid("origin.s3.attempt_timeout", "must be positive"));
                 }
             }
         }

@@ -171,6 +171,9 @@ impl ProxyHttp for Edge {
                     &self.meta_defaults,
                 ))
             }
+            // A transient failure must not release every coalesced waiter to the origin at once:
+            // UpstreamError makes them contend for the lock again, one fill at a time.
+            s if s >= 500 => Ok(RespCacheable::Uncacheable(NoCacheReason::UpstreamError)),
             _ => Ok(RespCacheable::Uncacheable(NoCacheReason::OriginNotCache)),
         }
     }
@@ -230,17 +233,28 @@ impl ProxyHttp for Edge {
             ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => {
                 Error::Timeout
             }
-            _ if e.esource() == &ErrorSource::Downstream => {
-                // The client went away or sent garbage; nothing useful to answer.
+            ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError
+                if e.esource() == &ErrorSource::Downstream =>
+            {
+                // The client went away; nobody to answer.
                 return FailToProxy {
                     error_code: 0,
                     can_reuse_downstream: false,
                 };
             }
+            _ if e.esource() == &ErrorSource::Downstream => Error::bad_request("malformed request"),
             _ if e.esource() == &ErrorSource::Upstream => Error::Upstream(e.to_string()),
             _ => Error::Internal(e.to_string()),
         };
         tracing::warn!("edge failed to proxy: {e}");
+        if session.response_written().is_some() {
+            // Headers (and maybe part of the body) are out: an error text now would be spliced
+            // into the image. Closing the connection is the only honest signal left.
+            return FailToProxy {
+                error_code: err.status(),
+                can_reuse_downstream: false,
+            };
+        }
         if let Err(write_err) = respond_error(session, &err).await {
             tracing::debug!("could not send error answer: {write_err}");
         }

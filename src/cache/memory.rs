@@ -71,7 +71,9 @@ impl MemoryTier {
         let key = u128::from_be_bytes(obj.key);
         let size = obj.size();
         let weight = Self::weight(&obj);
-        if let Some(old) = self.ufo.remove(&key) {
+        // force_put replaces an existing entry in place (and does not return it); removing it
+        // first would leave the key queued twice in TinyUFO and corrupt its queue weights.
+        if let Some(old) = self.ufo.get(&key) {
             self.stored.fetch_sub(old.size(), Ordering::Relaxed);
         }
         self.stored.fetch_add(size, Ordering::Relaxed);
@@ -122,6 +124,19 @@ mod tests {
             );
         }
         assert!(tier.get(&[199; 16]).is_some());
+    }
+
+    #[test]
+    fn refills_under_eviction_pressure_keep_the_bound() {
+        // Refilling existing keys (expired negative answers, meta updates) while others are
+        // evicted must neither corrupt TinyUFO's queues nor the byte count.
+        let tier = MemoryTier::new(32 * PAGE);
+        for round in 0..2000usize {
+            let k = (round % 50) as u8;
+            tier.put(obj(k, 1 + (round * 7919) % (3 * PAGE as usize)));
+            let stored = tier.stored_bytes();
+            assert!(stored <= 36 * PAGE, "round {round}: {stored}");
+        }
     }
 
     #[test]

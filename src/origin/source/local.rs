@@ -24,6 +24,14 @@ impl LocalSource {
 #[async_trait]
 impl Source for LocalSource {
     async fn fetch(&self, key: &str, max_bytes: u64) -> Result<Bytes, SourceError> {
+        // Defence in depth behind id and template validation: only plain components, so no key
+        // can be absolute or climb out of root.
+        if !std::path::Path::new(key)
+            .components()
+            .all(|c| matches!(c, std::path::Component::Normal(_)))
+        {
+            return Err(SourceError::NotFound);
+        }
         let path = self.root.join(key);
         let file = match tokio::fs::File::open(&path).await {
             Ok(f) => f,
@@ -62,5 +70,30 @@ impl Source for LocalSource {
 
     fn kind(&self) -> &'static str {
         "local"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn keys_cannot_leave_the_root() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("in.jpg"), b"x").unwrap();
+        let src = LocalSource::new(dir.path().join("sub"));
+        std::fs::create_dir(dir.path().join("sub")).unwrap();
+        for key in ["../in.jpg", "/etc/passwd", "a/../../in.jpg", "./../in.jpg"] {
+            assert!(
+                matches!(src.fetch(key, 1 << 20).await, Err(SourceError::NotFound)),
+                "{key}"
+            );
+        }
+        let src = LocalSource::new(dir.path().to_path_buf());
+        assert_eq!(src.fetch("in.jpg", 1 << 20).await.unwrap().as_ref(), b"x");
+        assert!(matches!(
+            src.fetch("in.jpg", 0).await,
+            Err(SourceError::TooLarge { .. })
+        ));
     }
 }

@@ -123,6 +123,9 @@ impl KeyTemplate {
         {
             return Err("must not contain a '..' segment".into());
         }
+        if matches!(parts.first(), Some(Part::Literal(l)) if l.starts_with('/')) {
+            return Err("must not start with '/'".into());
+        }
         Ok(KeyTemplate { parts })
     }
 
@@ -160,7 +163,7 @@ mod tests {
     #[test]
     fn rejects_bad_templates() {
         for bad in [
-            "", "static", "{id", "{id:0:}", "{name}", "{id:0:0}", "../{id}", "{id}}",
+            "", "static", "{id", "{id:0:}", "{name}", "{id:0:0}", "../{id}", "{id}}", "/{id}",
         ] {
             assert!(KeyTemplate::parse(bad).is_err(), "{bad}");
         }

@@ -9,6 +9,9 @@ use super::decode::Pixels;
 use crate::error::{Error, Result};
 use crate::variant::OutputFormat;
 
+/// Largest side libwebp encodes.
+pub const WEBP_MAX_SIDE: u32 = 16383;
+
 /// Encode `px` (RGB8 or RGBA8; JPEG callers flatten alpha first) at `quality` (lossy formats).
 pub fn encode(px: &Pixels, format: OutputFormat, quality: u8) -> Result<Vec<u8>> {
     let color = if px.has_alpha {
@@ -17,7 +20,16 @@ pub fn encode(px: &Pixels, format: OutputFormat, quality: u8) -> Result<Vec<u8>>
         ExtendedColorType::Rgb8
     };
     let mut out = Vec::with_capacity(px.data.len() / 8);
-    let fail = |e: image::ImageError| Error::Internal(format!("encode {}: {e}", format.as_str()));
+    // Encoders refuse some sizes (WebP: 16383 px a side); that is a property of the variant, so
+    // it is a 422 the edge may cache briefly, not a 500 that redoes the fetch every time.
+    if format == OutputFormat::Webp && (px.width > WEBP_MAX_SIDE || px.height > WEBP_MAX_SIDE) {
+        return Err(Error::unprocessable(format!(
+            "webp output is limited to {WEBP_MAX_SIDE} px a side"
+        )));
+    }
+    let fail = |e: image::ImageError| {
+        Error::unprocessable(format!("cannot encode {}: {e}", format.as_str()))
+    };
     match format {
         OutputFormat::Jpeg => {
             if px.has_alpha {
@@ -40,9 +52,29 @@ pub fn encode(px: &Pixels, format: OutputFormat, quality: u8) -> Result<Vec<u8>>
             };
             let mem = enc
                 .encode_simple(false, f32::from(quality))
-                .map_err(|e| Error::Internal(format!("encode webp: {e:?}")))?;
+                .map_err(|e| Error::unprocessable(format!("cannot encode webp: {e:?}")))?;
             out.extend_from_slice(&mem);
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_an_encoder_refuses_are_422_not_500() {
+        let px = Pixels {
+            width: WEBP_MAX_SIDE + 1,
+            height: 1,
+            has_alpha: false,
+            data: vec![0; (WEBP_MAX_SIDE as usize + 1) * 3],
+        };
+        assert_eq!(
+            encode(&px, OutputFormat::Webp, 80).unwrap_err().status(),
+            422
+        );
+        assert!(encode(&px, OutputFormat::Png, 80).is_ok());
+    }
 }
