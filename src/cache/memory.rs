@@ -137,6 +137,11 @@ mod tests {
             let stored = tier.stored_bytes();
             assert!(stored <= 36 * PAGE, "round {round}: {stored}");
         }
+        // Broken accounting would evict everything on each admission; a healthy tier keeps a
+        // share of its keys.
+        let kept = (0..50u8).filter(|k| tier.get(&[*k; 16]).is_some()).count();
+        assert!(kept >= 8, "only {kept} of 50 keys survive");
+        assert!(tier.stored_bytes() >= 8 * PAGE, "{}", tier.stored_bytes());
     }
 
     #[test]
