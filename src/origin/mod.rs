@@ -137,7 +137,8 @@ impl Origin {
                     })
                     .await?;
                 Ok(Rendered {
-                    body: body.to_vec(),
+                    // Reuses the fetched buffer when nothing else holds it (no copy).
+                    body: Vec::from(body),
                     mime,
                 })
             }

@@ -27,7 +27,7 @@ pub struct TransformSettings {
     pub limits: TransformLimits,
     /// Background transparent pixels are flattened onto for JPEG output.
     pub background: [u8; 3],
-    /// Quality for `format=auto` when `q` was folded out (never, today) and for defaults.
+    /// Quality used when a transform carries none (the parser normally fills it in).
     pub default_quality: u8,
 }
 
