@@ -1,13 +1,32 @@
-//! The admin listener: `GET /healthz` (the process is up) and `GET /metrics` (Prometheus text).
-//! It has its own port, bound to loopback by default, and never shares the public listener.
+//! The admin listener: health, metrics and purge. It has its own port, bound to loopback by
+//! default, and never shares the public listener.
+//!
+//! - `GET /healthz`: the process is up.
+//! - `GET /metrics`: Prometheus text.
+//! - `POST /purge/image/{id}`: every cached variant of an id (recorded in the purge log; no scan).
+//! - `POST /purge/url/image/{id}?size=...`: the one variant that public URL names.
+//!
+//! Purges need `Authorization: Bearer <admin.purge_token>`; without a configured token they are
+//! refused.
 
 use async_trait::async_trait;
 use http::{Response, StatusCode};
 use pingora_core::apps::http_app::ServeHttp;
 use pingora_core::protocols::http::ServerSession;
+use pingora_cache::key::CacheHashKey;
+use subtle::ConstantTimeEq;
+
+use crate::cache::Cache;
+use crate::config::Config;
+use crate::metrics::metrics;
+use crate::variant::{ParseOptions, Variant};
 
 /// The admin HTTP app.
-pub struct AdminApp;
+pub struct AdminApp {
+    cache: Cache,
+    parse: ParseOptions,
+    purge_token: String,
+}
 
 fn text(status: StatusCode, content_type: &str, body: String) -> Response<Vec<u8>> {
     let body = body.into_bytes();
@@ -20,25 +39,121 @@ fn text(status: StatusCode, content_type: &str, body: String) -> Response<Vec<u8
         .unwrap_or_else(|_| Response::new(Vec::new()))
 }
 
+fn plain(status: StatusCode, msg: &str) -> Response<Vec<u8>> {
+    text(status, "text/plain; charset=utf-8", format!("{msg}\n"))
+}
+
+fn json_escape(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('"', "\\\"")
+}
+
+impl AdminApp {
+    /// The admin app for a config and the process's cache.
+    pub fn new(cfg: &Config, cache: Cache) -> AdminApp {
+        AdminApp {
+            cache,
+            parse: cfg.parse_options(),
+            purge_token: cfg.admin.purge_token.clone(),
+        }
+    }
+
+    fn authorized(&self, session: &ServerSession) -> Result<(), Response<Vec<u8>>> {
+        if self.purge_token.is_empty() {
+            return Err(plain(
+                StatusCode::FORBIDDEN,
+                "purge is disabled: set admin.purge_token",
+            ));
+        }
+        let given = session
+            .req_header()
+            .headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if bool::from(given.as_bytes().ct_eq(self.purge_token.as_bytes())) {
+            Ok(())
+        } else {
+            Err(plain(StatusCode::UNAUTHORIZED, "bad or missing bearer token"))
+        }
+    }
+
+    async fn purge(&self, session: &ServerSession) -> Response<Vec<u8>> {
+        if let Err(denied) = self.authorized(session) {
+            return denied;
+        }
+        let uri = &session.req_header().uri;
+        let path = uri.path();
+        if let Some(public) = path.strip_prefix("/purge/url") {
+            let variant = match Variant::parse(public, uri.query(), &self.parse) {
+                Ok(v) => v,
+                Err(e) => return plain(StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_REQUEST), &e.reason()),
+            };
+            let found = self
+                .cache
+                .storage
+                .remove(crate::cache::storage_key(&variant).combined_bin())
+                .await;
+            metrics().purges.with_label_values(&["url"]).inc();
+            tracing::info!(target: "access", "purged {} (found: {found})", variant.canonical_uri());
+            let body = format!(
+                "{{\"purged\":\"{}\",\"scope\":\"url\",\"found\":{found}}}\n",
+                json_escape(&variant.canonical_uri())
+            );
+            return text(StatusCode::OK, "application/json", body);
+        }
+        if let Some(public) = path.strip_prefix("/purge") {
+            if uri.query().is_some_and(|q| !q.is_empty()) {
+                return plain(
+                    StatusCode::BAD_REQUEST,
+                    "a query purges one variant: use /purge/url/image/{id}?...",
+                );
+            }
+            let variant = match Variant::parse(public, None, &self.parse) {
+                Ok(v) => v,
+                Err(e) => return plain(StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_REQUEST), &e.reason()),
+            };
+            if let Err(e) = self.cache.purges.purge(&variant.id) {
+                tracing::error!("purge log write failed: {e}");
+                return plain(StatusCode::INTERNAL_SERVER_ERROR, "purge log write failed");
+            }
+            metrics().purges.with_label_values(&["id"]).inc();
+            tracing::info!(target: "access", "purged every variant of {}", variant.id);
+            let body = format!(
+                "{{\"purged\":\"{}\",\"scope\":\"id\"}}\n",
+                json_escape(&variant.id)
+            );
+            return text(StatusCode::OK, "application/json", body);
+        }
+        plain(StatusCode::NOT_FOUND, "not found")
+    }
+}
+
 #[async_trait]
 impl ServeHttp for AdminApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let req = session.req_header();
-        if req.method != http::Method::GET {
-            return text(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "text/plain",
-                "method not allowed\n".into(),
-            );
+        let path = req.uri.path();
+        if path.starts_with("/purge/") {
+            if req.method != http::Method::POST {
+                return plain(StatusCode::METHOD_NOT_ALLOWED, "purge needs POST");
+            }
+            return self.purge(session).await;
         }
-        match req.uri.path() {
-            "/healthz" => text(StatusCode::OK, "text/plain", "ok\n".into()),
-            "/metrics" => text(
-                StatusCode::OK,
-                "text/plain; version=0.0.4; charset=utf-8",
-                crate::metrics::render(),
-            ),
-            _ => text(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
+        if req.method != http::Method::GET {
+            return plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
+        }
+        match path {
+            "/healthz" => plain(StatusCode::OK, "ok"),
+            "/metrics" => {
+                self.cache.storage.update_gauges();
+                text(
+                    StatusCode::OK,
+                    "text/plain; version=0.0.4; charset=utf-8",
+                    crate::metrics::render(),
+                )
+            }
+            _ => plain(StatusCode::NOT_FOUND, "not found"),
         }
     }
 }

@@ -122,12 +122,15 @@ impl Default for EdgeConfig {
 pub struct AdminConfig {
     /// Address of the admin listener.
     pub listen: SocketAddr,
+    /// Bearer token for the purge endpoints; empty disables purging.
+    pub purge_token: String,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
         AdminConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 9091)),
+            purge_token: String::new(),
         }
     }
 }
@@ -343,6 +346,48 @@ pub struct CacheConfig {
     /// How long a stale object may be served while the origin fails.
     #[serde(with = "humantime_serde")]
     pub stale_if_error: Duration,
+    /// How long an expired object may be served while one background request refreshes it;
+    /// zero turns stale-while-revalidate off.
+    #[serde(with = "humantime_serde")]
+    pub stale_while_revalidate: Duration,
+    /// The persistent disk tier under the memory tier.
+    pub disk: DiskConfig,
+}
+
+/// The disk tier: a directory bounded in bytes that survives restarts and upgrades.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DiskConfig {
+    /// Directory of the tier (created if missing); empty keeps the cache in memory only.
+    pub dir: PathBuf,
+    /// Bytes the tier may hold on disk (files' contents).
+    pub max_bytes: ByteSize,
+    /// fsync each object before it becomes visible (crash safety on power loss, not just kill -9).
+    pub fsync: bool,
+    /// Disk writes allowed in flight; a fill that finds the queue full is kept in memory only.
+    pub write_queue: usize,
+    /// How often the eviction state is saved (it is also saved at shutdown).
+    #[serde(with = "humantime_serde")]
+    pub save_interval: Duration,
+}
+
+impl Default for DiskConfig {
+    fn default() -> Self {
+        DiskConfig {
+            dir: PathBuf::new(),
+            max_bytes: ByteSize::gib(10),
+            fsync: true,
+            write_queue: 256,
+            save_interval: Duration::from_secs(60),
+        }
+    }
+}
+
+impl DiskConfig {
+    /// Whether a disk tier is configured.
+    pub fn enabled(&self) -> bool {
+        !self.dir.as_os_str().is_empty()
+    }
 }
 
 impl Default for CacheConfig {
@@ -354,6 +399,8 @@ impl Default for CacheConfig {
             lock_wait_timeout: Duration::from_secs(30),
             origin_read_timeout: Duration::from_secs(30),
             stale_if_error: Duration::from_secs(86400),
+            stale_while_revalidate: Duration::ZERO,
+            disk: DiskConfig::default(),
         }
     }
 }
@@ -519,6 +566,30 @@ impl Config {
             return Err(invalid(
                 "cache.max_object_bytes",
                 "must be positive and no larger than cache.memory_bytes",
+            ));
+        }
+        let disk = &self.cache.disk;
+        if disk.enabled() {
+            if !disk.dir.is_absolute() {
+                return Err(invalid("cache.disk.dir", "must be an absolute path"));
+            }
+            if disk.max_bytes < self.cache.max_object_bytes {
+                return Err(invalid(
+                    "cache.disk.max_bytes",
+                    "must be at least cache.max_object_bytes",
+                ));
+            }
+            if disk.write_queue == 0 {
+                return Err(invalid("cache.disk.write_queue", "must be at least 1"));
+            }
+            if disk.save_interval < Duration::from_secs(1) {
+                return Err(invalid("cache.disk.save_interval", "must be at least 1s"));
+            }
+        }
+        if !self.admin.purge_token.is_empty() && self.admin.purge_token.len() < 16 {
+            return Err(invalid(
+                "admin.purge_token",
+                "must be at least 16 characters (or empty to disable purging)",
             ));
         }
         // A waiter that gives up before the worst miss finishes turns coalescing into a stampede.

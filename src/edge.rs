@@ -12,7 +12,10 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use pingora_cache::cache_control::CacheControl;
 use pingora_cache::filters::resp_cacheable;
-use pingora_cache::{CacheKey, CacheMetaDefaults, CachePhase, NoCacheReason, RespCacheable};
+use pingora_cache::{
+    CacheKey, CacheMeta, CacheMetaDefaults, CachePhase, ForcedFreshness, HitHandler,
+    NoCacheReason, RespCacheable,
+};
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error as PError, ErrorSource, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
@@ -27,7 +30,6 @@ use crate::variant::{ParseOptions, Variant};
 /// Per-request state.
 pub struct EdgeCtx {
     variant: Option<Variant>,
-    key: String,
     started: Instant,
 }
 
@@ -49,13 +51,19 @@ fn no_default_ttl(_: http::StatusCode) -> Option<Duration> {
 impl Edge {
     /// The edge for a validated config and the process's cache.
     pub fn new(cfg: &Config, cache: Cache) -> Edge {
-        let stale_if_error = u32::try_from(cfg.cache.stale_if_error.as_secs()).unwrap_or(u32::MAX);
+        let secs = |d: Duration| u32::try_from(d.as_secs()).unwrap_or(u32::MAX);
+        let stale_if_error = secs(cfg.cache.stale_if_error);
+        let stale_while_revalidate = secs(cfg.cache.stale_while_revalidate);
         Edge {
             cache,
             parse: cfg.parse_options(),
             origin_socket: cfg.origin.socket.to_string_lossy().into_owned(),
             origin_read_timeout: cfg.cache.origin_read_timeout,
-            meta_defaults: CacheMetaDefaults::new(no_default_ttl, 0, stale_if_error),
+            meta_defaults: CacheMetaDefaults::new(
+                no_default_ttl,
+                stale_while_revalidate,
+                stale_if_error,
+            ),
             lock_wait_timeout: cfg.cache.lock_wait_timeout,
         }
     }
@@ -106,7 +114,6 @@ impl ProxyHttp for Edge {
     fn new_ctx(&self) -> EdgeCtx {
         EdgeCtx {
             variant: None,
-            key: String::new(),
             started: Instant::now(),
         }
     }
@@ -120,7 +127,6 @@ impl ProxyHttp for Edge {
         };
         match parsed {
             Ok(v) => {
-                ctx.key = v.cache_key();
                 ctx.variant = Some(v);
                 Ok(false)
             }
@@ -150,7 +156,42 @@ impl ProxyHttp for Edge {
     }
 
     fn cache_key_callback(&self, _session: &Session, ctx: &mut EdgeCtx) -> Result<CacheKey> {
-        Ok(CacheKey::new(ctx.key.as_bytes(), ""))
+        ctx.variant
+            .as_ref()
+            .map(crate::cache::storage_key)
+            .ok_or_else(|| PError::explain(ErrorType::InternalError, "no variant"))
+    }
+
+    async fn cache_hit_filter(
+        &self,
+        _session: &mut Session,
+        meta: &CacheMeta,
+        _hit_handler: &mut HitHandler,
+        _is_fresh: bool,
+        ctx: &mut EdgeCtx,
+    ) -> Result<Option<ForcedFreshness>> {
+        // Every variant of a purged id created before the purge is out of service: refetch it,
+        // and never serve it stale meanwhile.
+        let purged = ctx
+            .variant
+            .as_ref()
+            .is_some_and(|v| self.cache.purges.is_purged(&v.id, meta.created()));
+        Ok(purged.then_some(ForcedFreshness::ForceExpired))
+    }
+
+    fn should_serve_stale(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut EdgeCtx,
+        error: Option<&PError>,
+    ) -> bool {
+        match error {
+            // Stale-while-revalidate: allowed within the object's window (cache.stale_while_revalidate
+            // or the origin's Cache-Control); one background request refreshes it.
+            None => true,
+            // Stale-if-error: origin 5xx, timeouts and connection failures, within the window.
+            Some(e) => e.esource() == &ErrorSource::Upstream,
+        }
     }
 
     fn response_cache_filter(
@@ -276,6 +317,9 @@ impl ProxyHttp for Edge {
     async fn logging(&self, session: &mut Session, e: Option<&PError>, ctx: &mut EdgeCtx) {
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let cache = Self::cache_status(session);
+        if session.cache.lock_duration().is_some() {
+            metrics().cache_coalesced.inc();
+        }
         metrics()
             .requests
             .with_label_values(&[&status.to_string(), &cache.to_ascii_lowercase()])

@@ -3,7 +3,7 @@
 //! Names follow Prometheus conventions (`imgedge_` prefix, `_total` counters, base units).
 
 use once_cell::sync::Lazy;
-use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
 /// Every metric imgedge exports.
 pub struct Metrics {
@@ -23,10 +23,40 @@ pub struct Metrics {
     pub pool_busy: IntGauge,
     /// Jobs waiting for a resize thread.
     pub pool_queued: IntGauge,
+    /// Storage lookups by tier (`memory`, `disk`) and result (`hit`, `stale`, `miss`).
+    pub cache_lookups: IntCounterVec,
+    /// Objects evicted to keep a tier within its byte bound, by tier.
+    pub cache_evictions: IntCounterVec,
+    /// Disk entries found short, corrupt or unreadable (removed, never served).
+    pub cache_corrupt: IntCounter,
+    /// Cache writes that failed or were skipped, by tier and reason.
+    pub cache_write_failures: IntCounterVec,
+    /// Requests that waited for another request's fill instead of going to the origin.
+    pub cache_coalesced: IntCounter,
+    /// Purges done through the admin listener, by scope (`url`, `id`).
+    pub purges: IntCounterVec,
+    /// Bytes stored per tier (set when scraped).
+    pub cache_bytes: IntGaugeVec,
+    /// Objects stored per tier (set when scraped).
+    pub cache_objects: IntGaugeVec,
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let c = IntCounterVec::new(Opts::new(name, help), labels).expect("static metric definition");
+    r.register(Box::new(c.clone()))
+        .expect("metric registered once");
+    c
+}
+
+fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("static metric definition");
+    r.register(Box::new(g.clone()))
+        .expect("metric registered once");
+    g
+}
+
+fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).expect("static metric definition");
     r.register(Box::new(c.clone()))
         .expect("metric registered once");
     c
@@ -73,8 +103,62 @@ static METRICS: Lazy<Metrics> = Lazy::new(|| {
     }
     r.register(Box::new(pool_rejected.clone()))
         .expect("metric registered once");
+    let cache_lookups = counter_vec(
+        &r,
+        "imgedge_cache_lookups_total",
+        "Cache storage lookups by tier and result.",
+        &["tier", "result"],
+    );
+    let cache_evictions = counter_vec(
+        &r,
+        "imgedge_cache_evictions_total",
+        "Objects evicted to keep a tier within its byte bound.",
+        &["tier"],
+    );
+    let cache_corrupt = counter(
+        &r,
+        "imgedge_cache_corrupt_total",
+        "Disk entries found short, corrupt or unreadable; removed, never served.",
+    );
+    let cache_write_failures = counter_vec(
+        &r,
+        "imgedge_cache_write_failures_total",
+        "Cache writes that failed or were skipped.",
+        &["tier", "reason"],
+    );
+    let cache_coalesced = counter(
+        &r,
+        "imgedge_cache_coalesced_waiters_total",
+        "Requests that waited for another request's fill of the same variant.",
+    );
+    let purges = counter_vec(
+        &r,
+        "imgedge_purges_total",
+        "Purges through the admin listener.",
+        &["scope"],
+    );
+    let cache_bytes = gauge_vec(
+        &r,
+        "imgedge_cache_bytes",
+        "Bytes stored per cache tier.",
+        &["tier"],
+    );
+    let cache_objects = gauge_vec(
+        &r,
+        "imgedge_cache_objects",
+        "Objects stored per cache tier.",
+        &["tier"],
+    );
     Metrics {
         registry: r,
+        cache_lookups,
+        cache_evictions,
+        cache_corrupt,
+        cache_write_failures,
+        cache_coalesced,
+        purges,
+        cache_bytes,
+        cache_objects,
         requests,
         origin_requests,
         source_fetches,

@@ -6,10 +6,11 @@ use std::sync::Arc;
 
 use pingora_core::server::configuration::{Opt, ServerConf};
 use pingora_core::server::Server;
+use pingora_core::services::background::background_service;
 use pingora_core::services::listening::Service;
 
 use crate::admin::AdminApp;
-use crate::cache::Cache;
+use crate::cache::{Cache, StateSaver};
 use crate::config::Config;
 use crate::edge::Edge;
 use crate::error::Error;
@@ -55,7 +56,7 @@ pub fn build(cfg: &Config, run: RunOptions) -> Result<Server, Error> {
     );
     origin_svc.threads = Some(cfg.origin.threads);
 
-    let cache = Cache::from_config(&cfg.cache);
+    let cache = Cache::from_config(&cfg.cache)?;
     let mut edge = pingora_proxy::http_proxy_service_with_name(
         &server.configuration,
         Edge::new(cfg, cache),
@@ -66,12 +67,19 @@ pub fn build(cfg: &Config, run: RunOptions) -> Result<Server, Error> {
     }
     edge.threads = Some(cfg.server.threads);
 
-    let mut admin = Service::new("admin".to_string(), AdminApp);
+    let mut admin = Service::new("admin".to_string(), AdminApp::new(cfg, cache));
     admin.add_tcp(&cfg.admin.listen.to_string());
     admin.threads = Some(1);
 
     server.add_service(origin_svc);
     server.add_service(edge);
     server.add_service(admin);
+    server.add_service(background_service(
+        "cache state",
+        StateSaver {
+            storage: cache.storage,
+            interval: cfg.cache.disk.save_interval,
+        },
+    ));
     Ok(server)
 }

@@ -39,6 +39,7 @@ impl CachedObject {
 pub struct MemoryTier {
     ufo: TinyUfo<u128, Arc<CachedObject>>,
     stored: AtomicU64,
+    objects: AtomicU64,
 }
 
 impl MemoryTier {
@@ -50,6 +51,7 @@ impl MemoryTier {
         MemoryTier {
             ufo: TinyUfo::new(pages, estimated_objects),
             stored: AtomicU64::new(0),
+            objects: AtomicU64::new(0),
         }
     }
 
@@ -64,22 +66,49 @@ impl MemoryTier {
             .filter(|obj| &obj.key == key)
     }
 
-    /// Store an object, evicting others as needed. Fills use a forced put: requests coalesced
-    /// on this fill are waiting to read it, and TinyLFU rejecting it would send them all to
-    /// the origin.
+    /// Store a fresh fill, evicting others as needed. Fills use a forced put: requests
+    /// coalesced on this fill are waiting to read it, and TinyLFU rejecting it would send them
+    /// all to the origin.
     pub fn put(&self, obj: Arc<CachedObject>) {
+        self.insert(obj, true);
+    }
+
+    /// Offer an object read from a lower tier. TinyLFU admission decides, so a one-off disk
+    /// hit does not push a hot object out of memory.
+    pub fn promote(&self, obj: Arc<CachedObject>) {
+        self.insert(obj, false);
+    }
+
+    fn insert(&self, obj: Arc<CachedObject>, force: bool) {
         let key = u128::from_be_bytes(obj.key);
         let size = obj.size();
         let weight = Self::weight(&obj);
-        // force_put replaces an existing entry in place (and does not return it); removing it
-        // first would leave the key queued twice in TinyUFO and corrupt its queue weights.
-        if let Some(old) = self.ufo.get(&key) {
-            self.stored.fetch_sub(old.size(), Ordering::Relaxed);
-        }
+        // Replacing an entry happens in place (TinyUFO does not return the old value);
+        // removing it first would leave the key queued twice and corrupt the queue weights.
+        match self.ufo.get(&key) {
+            Some(old) => self.stored.fetch_sub(old.size(), Ordering::Relaxed),
+            None => self.objects.fetch_add(1, Ordering::Relaxed),
+        };
         self.stored.fetch_add(size, Ordering::Relaxed);
-        for evicted in self.ufo.force_put(key, obj, weight) {
-            self.stored
-                .fetch_sub(evicted.data.size(), Ordering::Relaxed);
+        let evicted = if force {
+            self.ufo.force_put(key, obj.clone(), weight)
+        } else {
+            self.ufo.put(key, obj.clone(), weight)
+        };
+        let mut evictions = 0;
+        for kv in evicted {
+            self.stored.fetch_sub(kv.data.size(), Ordering::Relaxed);
+            self.objects.fetch_sub(1, Ordering::Relaxed);
+            // A rejected admission comes back in the list; it was never in the cache.
+            if !Arc::ptr_eq(&kv.data, &obj) {
+                evictions += 1;
+            }
+        }
+        if evictions > 0 {
+            crate::metrics::metrics()
+                .cache_evictions
+                .with_label_values(&["memory"])
+                .inc_by(evictions);
         }
     }
 
@@ -88,6 +117,7 @@ impl MemoryTier {
         match self.ufo.remove(&u128::from_be_bytes(*key)) {
             Some(old) => {
                 self.stored.fetch_sub(old.size(), Ordering::Relaxed);
+                self.objects.fetch_sub(1, Ordering::Relaxed);
                 true
             }
             None => false,
@@ -97,6 +127,11 @@ impl MemoryTier {
     /// Bytes currently stored (objects, not counting index overhead).
     pub fn stored_bytes(&self) -> u64 {
         self.stored.load(Ordering::Relaxed)
+    }
+
+    /// Objects currently stored.
+    pub fn objects(&self) -> u64 {
+        self.objects.load(Ordering::Relaxed)
     }
 }
 
@@ -154,5 +189,26 @@ mod tests {
         assert!(tier.remove(&[1; 16]));
         assert!(!tier.remove(&[1; 16]));
         assert_eq!(tier.stored_bytes(), 0);
+        assert_eq!(tier.objects(), 0);
+    }
+
+    #[test]
+    fn promotion_is_admission_controlled_and_counted() {
+        let tier = MemoryTier::new(8 * PAGE);
+        // A hot set that fills the tier, read often.
+        for k in 0..8u8 {
+            tier.put(obj(k, PAGE as usize));
+            for _ in 0..5 {
+                tier.promote(obj(k, PAGE as usize));
+            }
+        }
+        // One-off promotions of cold objects must not flush it.
+        for k in 100..140u8 {
+            tier.promote(obj(k, PAGE as usize));
+        }
+        let hot = (0..8u8).filter(|k| tier.get(&[*k; 16]).is_some()).count();
+        assert!(hot >= 6, "cold promotions evicted the hot set: {hot}/8 left");
+        let live = (0..=255u8).filter(|k| tier.get(&[*k; 16]).is_some()).count() as u64;
+        assert_eq!(tier.objects(), live);
     }
 }

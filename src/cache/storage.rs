@@ -1,8 +1,11 @@
 //! `pingora_cache::Storage` for the edge: lookups, fills, purges and meta updates over the tiers.
 //!
+//! Lookups try memory, then disk; a disk hit is offered to memory (TinyLFU admission decides).
 //! Fills are buffered whole and published at `finish`: readers coalesced on the cache lock wait
 //! for a complete object, and a fill that fails or is dropped half way never becomes visible, so
-//! a truncated body is never served.
+//! a truncated body is never served. A finished fill goes to memory at once and to disk in the
+//! background through a bounded queue; a disk that is full or failing costs hit ratio, never a
+//! request.
 
 use std::any::Any;
 use std::sync::Arc;
@@ -17,19 +20,49 @@ use pingora_cache::trace::SpanHandle;
 use pingora_cache::{CacheMeta, HitHandler, MissHandler, Storage};
 use pingora_error::{Error, ErrorType, Result};
 
-use super::memory::{CachedObject, MemoryTier, MAX_OBJECT};
+use pingora_cache::key::HashBinary;
+use tokio::sync::Semaphore;
 
-/// The edge's storage: the memory tier (the disk tier comes under it).
+use super::disk::DiskTier;
+use super::memory::{CachedObject, MemoryTier, MAX_OBJECT};
+use crate::metrics::metrics;
+
+/// The edge's storage: a memory tier over an optional disk tier.
 pub struct EdgeStorage {
     memory: MemoryTier,
+    disk: Option<Arc<DiskTier>>,
+    write_slots: Arc<Semaphore>,
     max_object: u64,
 }
 
+fn count_lookup(tier: &str, result: &str) {
+    metrics()
+        .cache_lookups
+        .with_label_values(&[tier, result])
+        .inc();
+}
+
+fn freshness(meta: &CacheMeta) -> &'static str {
+    if meta.is_fresh(std::time::SystemTime::now()) {
+        "hit"
+    } else {
+        "stale"
+    }
+}
+
 impl EdgeStorage {
-    /// Storage with a memory tier of `memory_bytes`, admitting objects up to `max_object` bytes.
-    pub fn new(memory_bytes: u64, max_object: u64) -> Self {
+    /// Storage with a memory tier of `memory_bytes` over `disk`, admitting objects up to
+    /// `max_object` bytes, with at most `write_queue` disk writes in flight.
+    pub fn new(
+        memory_bytes: u64,
+        max_object: u64,
+        disk: Option<DiskTier>,
+        write_queue: usize,
+    ) -> Self {
         EdgeStorage {
             memory: MemoryTier::new(memory_bytes),
+            disk: disk.map(Arc::new),
+            write_slots: Arc::new(Semaphore::new(write_queue.max(1))),
             max_object: max_object.min(MAX_OBJECT),
         }
     }
@@ -37,6 +70,94 @@ impl EdgeStorage {
     /// The memory tier.
     pub fn memory(&self) -> &MemoryTier {
         &self.memory
+    }
+
+    /// The disk tier, if configured.
+    pub fn disk(&self) -> Option<&DiskTier> {
+        self.disk.as_deref()
+    }
+
+    /// Write `obj` to disk in the background, unless the queue is full.
+    fn write_behind(&self, obj: Arc<CachedObject>) {
+        let Some(disk) = &self.disk else { return };
+        let Ok(permit) = self.write_slots.clone().try_acquire_owned() else {
+            metrics()
+                .cache_write_failures
+                .with_label_values(&["disk", "queue_full"])
+                .inc();
+            return;
+        };
+        let disk = disk.clone();
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            if let Err(e) = disk.write(&obj) {
+                metrics()
+                    .cache_write_failures
+                    .with_label_values(&["disk", "io"])
+                    .inc();
+                disk.warn_throttled("write", &e);
+            }
+        });
+    }
+
+    /// Read `key` from disk on a blocking thread.
+    async fn read_disk(&self, key: HashBinary) -> Option<CachedObject> {
+        let disk = self.disk.clone()?;
+        tokio::task::spawn_blocking(move || disk.read(&key))
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// Remove `key` from every tier; whether any held it.
+    pub async fn remove(&self, key: HashBinary) -> bool {
+        let in_memory = self.memory.remove(&key);
+        let on_disk = match self.disk.clone() {
+            Some(disk) => tokio::task::spawn_blocking(move || disk.remove(&key))
+                .await
+                .unwrap_or(false),
+            None => false,
+        };
+        in_memory || on_disk
+    }
+
+    /// Save the disk tier's eviction state (no-op without a disk tier).
+    pub async fn save_state(&self) {
+        let Some(disk) = self.disk.clone() else { return };
+        let started = std::time::Instant::now();
+        let result = tokio::task::spawn_blocking(move || {
+            let r = disk.save_state();
+            (r, disk)
+        })
+        .await;
+        match result {
+            Ok((Ok(()), disk)) => tracing::debug!(
+                "cache: saved eviction state of {} objects in {:?}",
+                disk.objects(),
+                started.elapsed()
+            ),
+            Ok((Err(e), disk)) => disk.warn_throttled("state save", &e),
+            Err(e) => tracing::warn!("cache: state save task failed: {e}"),
+        }
+    }
+
+    /// Refresh the per-tier size gauges (called when metrics are scraped).
+    pub fn update_gauges(&self) {
+        let m = metrics();
+        m.cache_bytes
+            .with_label_values(&["memory"])
+            .set(self.memory.stored_bytes() as i64);
+        m.cache_objects
+            .with_label_values(&["memory"])
+            .set(self.memory.objects() as i64);
+        if let Some(disk) = &self.disk {
+            m.cache_bytes
+                .with_label_values(&["disk"])
+                .set(disk.bytes() as i64);
+            m.cache_objects
+                .with_label_values(&["disk"])
+                .set(disk.objects() as i64);
+        }
     }
 
     /// Largest admitted object.
@@ -129,7 +250,8 @@ impl HandleMiss for Fill {
             body: self.body.freeze(),
         });
         let size = obj.size() as usize;
-        self.storage.memory.put(obj);
+        self.storage.memory.put(obj.clone());
+        self.storage.write_behind(obj);
         Ok(MissFinishType::Created(size))
     }
 }
@@ -141,10 +263,36 @@ impl Storage for EdgeStorage {
         key: &CacheKey,
         _trace: &SpanHandle,
     ) -> Result<Option<(CacheMeta, HitHandler)>> {
-        let Some(obj) = self.memory.get(&key.combined_bin()) else {
-            return Ok(None);
+        let hash = key.combined_bin();
+        let (obj, tier) = match self.memory.get(&hash) {
+            Some(obj) => (obj, "memory"),
+            None => {
+                count_lookup("memory", "miss");
+                let Some(obj) = self.read_disk(hash).await else {
+                    if self.disk.is_some() {
+                        count_lookup("disk", "miss");
+                    }
+                    return Ok(None);
+                };
+                (Arc::new(obj), "disk")
+            }
         };
-        let meta = CacheMeta::deserialize(&obj.meta.0, &obj.meta.1)?;
+        let meta = match CacheMeta::deserialize(&obj.meta.0, &obj.meta.1) {
+            Ok(meta) => meta,
+            Err(e) => {
+                // Checksummed but unparsable: written by an incompatible version. Drop it.
+                self.memory.remove(&hash);
+                if let Some(disk) = &self.disk {
+                    disk.discard_key(&hash, &e.to_string());
+                }
+                count_lookup(tier, "miss");
+                return Ok(None);
+            }
+        };
+        count_lookup(tier, freshness(&meta));
+        if tier == "disk" {
+            self.memory.promote(obj.clone());
+        }
         let len = obj.body.len();
         let hit = Hit {
             body: obj.body.clone(),
@@ -175,7 +323,7 @@ impl Storage for EdgeStorage {
         _purge_type: PurgeType,
         _trace: &SpanHandle,
     ) -> Result<PurgeOutcome> {
-        if self.memory.remove(&target.key().combined_bin()) {
+        if self.remove(target.key().combined_bin()).await {
             Ok(PurgeOutcome::Purged(None))
         } else {
             Ok(PurgeOutcome::NotFound)
@@ -189,14 +337,20 @@ impl Storage for EdgeStorage {
         _trace: &SpanHandle,
     ) -> Result<bool> {
         let hash = key.combined_bin();
-        let Some(old) = self.memory.get(&hash) else {
-            return Ok(false);
+        let body = match self.memory.get(&hash) {
+            Some(old) => old.body.clone(),
+            None => match self.read_disk(hash).await {
+                Some(old) => old.body,
+                None => return Ok(false),
+            },
         };
-        self.memory.put(Arc::new(CachedObject {
+        let obj = Arc::new(CachedObject {
             key: hash,
             meta: meta.serialize()?,
-            body: old.body.clone(),
-        }));
+            body,
+        });
+        self.memory.put(obj.clone());
+        self.write_behind(obj);
         Ok(true)
     }
 
