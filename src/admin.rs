@@ -11,9 +11,9 @@
 
 use async_trait::async_trait;
 use http::{Response, StatusCode};
+use pingora_cache::key::CacheHashKey;
 use pingora_core::apps::http_app::ServeHttp;
 use pingora_core::protocols::http::ServerSession;
-use pingora_cache::key::CacheHashKey;
 use subtle::ConstantTimeEq;
 
 use crate::cache::Cache;
@@ -74,7 +74,10 @@ impl AdminApp {
         if bool::from(given.as_bytes().ct_eq(self.purge_token.as_bytes())) {
             Ok(())
         } else {
-            Err(plain(StatusCode::UNAUTHORIZED, "bad or missing bearer token"))
+            Err(plain(
+                StatusCode::UNAUTHORIZED,
+                "bad or missing bearer token",
+            ))
         }
     }
 
@@ -87,7 +90,12 @@ impl AdminApp {
         if let Some(public) = path.strip_prefix("/purge/url") {
             let variant = match Variant::parse(public, uri.query(), &self.parse) {
                 Ok(v) => v,
-                Err(e) => return plain(StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_REQUEST), &e.reason()),
+                Err(e) => {
+                    return plain(
+                        StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_REQUEST),
+                        &e.reason(),
+                    )
+                }
             };
             let found = self
                 .cache
@@ -111,7 +119,12 @@ impl AdminApp {
             }
             let variant = match Variant::parse(public, None, &self.parse) {
                 Ok(v) => v,
-                Err(e) => return plain(StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_REQUEST), &e.reason()),
+                Err(e) => {
+                    return plain(
+                        StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_REQUEST),
+                        &e.reason(),
+                    )
+                }
             };
             if let Err(e) = self.cache.purges.purge(&variant.id) {
                 tracing::error!("purge log write failed: {e}");

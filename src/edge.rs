@@ -13,8 +13,8 @@ use bytes::Bytes;
 use pingora_cache::cache_control::CacheControl;
 use pingora_cache::filters::resp_cacheable;
 use pingora_cache::{
-    CacheKey, CacheMeta, CacheMetaDefaults, CachePhase, ForcedFreshness, HitHandler,
-    NoCacheReason, RespCacheable,
+    CacheKey, CacheMeta, CacheMetaDefaults, CachePhase, ForcedFreshness, HitHandler, NoCacheReason,
+    RespCacheable,
 };
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error as PError, ErrorSource, ErrorType, Result};

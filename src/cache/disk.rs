@@ -142,11 +142,7 @@ pub fn decode(key: &HashBinary, buf: Bytes) -> Result<CachedObject, DecodeError>
     };
     let mut b8 = [0u8; 8];
     b8.copy_from_slice(&buf[32..40]);
-    let (m0, m1, body) = (
-        u32_at(24) as u64,
-        u32_at(28) as u64,
-        u64::from_le_bytes(b8),
-    );
+    let (m0, m1, body) = (u32_at(24) as u64, u32_at(28) as u64, u64::from_le_bytes(b8));
     let want = HEADER as u64 + m0 + m1 + body;
     match (buf.len() as u64).cmp(&want) {
         std::cmp::Ordering::Less => return Err(DecodeError::Short),
@@ -258,7 +254,10 @@ impl DiskTier {
             match fs::read(&path) {
                 Ok(buf) => {
                     if let Err(e) = saved.deserialize_shard(&buf) {
-                        tracing::warn!("{}: ignoring unreadable eviction state: {e}", path.display());
+                        tracing::warn!(
+                            "{}: ignoring unreadable eviction state: {e}",
+                            path.display()
+                        );
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -511,7 +510,10 @@ mod tests {
         let last = bytes.len() - 1;
         bytes[last] ^= 1;
         fs::write(&p, bytes).unwrap();
-        assert!(t.read(&[live[0]; 16]).is_none(), "a corrupt body is never served");
+        assert!(
+            t.read(&[live[0]; 16]).is_none(),
+            "a corrupt body is never served"
+        );
         assert!(!p.exists(), "and it is removed");
         assert!(t.remove(&[live[1]; 16]));
         assert!(!t.remove(&[live[1]; 16]));

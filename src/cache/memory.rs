@@ -207,8 +207,13 @@ mod tests {
             tier.promote(obj(k, PAGE as usize));
         }
         let hot = (0..8u8).filter(|k| tier.get(&[*k; 16]).is_some()).count();
-        assert!(hot >= 6, "cold promotions evicted the hot set: {hot}/8 left");
-        let live = (0..=255u8).filter(|k| tier.get(&[*k; 16]).is_some()).count() as u64;
+        assert!(
+            hot >= 6,
+            "cold promotions evicted the hot set: {hot}/8 left"
+        );
+        let live = (0..=255u8)
+            .filter(|k| tier.get(&[*k; 16]).is_some())
+            .count() as u64;
         assert_eq!(tier.objects(), live);
     }
 }

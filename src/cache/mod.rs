@@ -51,8 +51,8 @@ impl Cache {
             Error::Internal(format!("cache.disk.dir: {}: {e}", d.dir.display()))
         };
         let (disk, purges) = if d.enabled() {
-            let (tier, report) = DiskTier::open(&d.dir, d.max_bytes.as_u64(), d.fsync)
-                .map_err(startup)?;
+            let (tier, report) =
+                DiskTier::open(&d.dir, d.max_bytes.as_u64(), d.fsync).map_err(startup)?;
             tracing::info!(
                 "cache: disk tier {} ready: {} objects, {} bytes ({} from saved state, {} stale temp files removed) in {:?}",
                 d.dir.display(),

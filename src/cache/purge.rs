@@ -93,13 +93,11 @@ impl PurgeLog {
         if !self.any.load(Ordering::Acquire) {
             return false;
         }
-        // Stored creation times may be truncated to the second: an object created in the same
-        // second as the purge counts as purged (one extra refetch rather than a stale image).
-        self.times.read().get(id).is_some_and(|&purged| {
-            let created_secs = created.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-            let purged_secs = purged.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-            created <= purged || created_secs <= purged_secs
-        })
+        // Pingora stores creation times with nanosecond precision.
+        self.times
+            .read()
+            .get(id)
+            .is_some_and(|&purged| created <= purged)
     }
 }
 

@@ -123,7 +123,9 @@ impl EdgeStorage {
 
     /// Save the disk tier's eviction state (no-op without a disk tier).
     pub async fn save_state(&self) {
-        let Some(disk) = self.disk.clone() else { return };
+        let Some(disk) = self.disk.clone() else {
+            return;
+        };
         let started = std::time::Instant::now();
         let result = tokio::task::spawn_blocking(move || {
             let r = disk.save_state();

@@ -44,6 +44,7 @@ pub fn read(name: &str) -> Vec<u8> {
 struct Counters {
     gets: Mutex<HashMap<String, u64>>,
     delay_ms: AtomicU64,
+    failing: Mutex<Vec<String>>,
 }
 
 struct CountingFs {
@@ -69,7 +70,8 @@ impl S3 for CountingFs {
             let ms = self.counters.delay_ms.load(Ordering::Relaxed);
             tokio::time::sleep(Duration::from_millis(ms)).await;
         }
-        if key.contains("fail") {
+        let failing = self.counters.failing.lock().unwrap().clone();
+        if key.contains("fail") || failing.iter().any(|id| key.ends_with(&format!("/{id}"))) {
             return Err(s3_error!(InternalError, "injected failure"));
         }
         self.inner.get_object(req).await
@@ -150,6 +152,15 @@ impl S3Server {
         self.counters.gets.lock().unwrap().values().sum()
     }
 
+    /// Make GetObject for `id` answer 500 (or work again).
+    pub fn set_failing(&self, id: &str, failing: bool) {
+        let mut f = self.counters.failing.lock().unwrap();
+        f.retain(|x| x != id);
+        if failing {
+            f.push(id.to_string());
+        }
+    }
+
     /// How long keys containing `slow` take to answer.
     pub fn set_delay(&self, d: Duration) {
         self.counters
@@ -190,6 +201,25 @@ pub fn s3_config(s3: &S3Server, secret: &str) -> String {
     )
 }
 
+/// Split the indented body of top-level `section:` out of `yaml` (so tests can add keys to a
+/// section the harness writes itself).
+fn take_section(yaml: &str, section: &str) -> (String, String) {
+    let (mut body, mut rest, mut inside) = (String::new(), String::new(), false);
+    for line in yaml.lines() {
+        if line == format!("{section}:") {
+            inside = true;
+            continue;
+        }
+        if inside && !line.starts_with(' ') {
+            inside = false;
+        }
+        let out = if inside { &mut body } else { &mut rest };
+        out.push_str(line);
+        out.push('\n');
+    }
+    (body, rest)
+}
+
 impl Imgedge {
     /// Start against `s3` with valid credentials and `extra` top-level YAML sections appended.
     pub async fn start(s3: &S3Server, extra: &str) -> Imgedge {
@@ -201,8 +231,10 @@ impl Imgedge {
         let dir = tempfile::tempdir().unwrap();
         let (port, admin_port) = (free_port(), free_port());
         let d = dir.path().display();
+        let (admin_extra, extra) = take_section(extra, "admin");
+        let extra = extra.as_str();
         let yaml = format!(
-            "server:\n  threads: 2\n  pid_file: {d}/imgedge.pid\n  upgrade_sock: {d}/upgrade.sock\nedge:\n  listen: [\"127.0.0.1:{port}\"]\nadmin:\n  listen: 127.0.0.1:{admin_port}\n{}{extra}",
+            "server:\n  threads: 2\n  grace_period: 1s\n  graceful_shutdown_timeout: 1s\n  pid_file: {d}/imgedge.pid\n  upgrade_sock: {d}/upgrade.sock\nedge:\n  listen: [\"127.0.0.1:{port}\"]\nadmin:\n  listen: 127.0.0.1:{admin_port}\n{admin_extra}{}{extra}",
             origin_yaml.replace("origin:\n", &format!("origin:\n  socket: {d}/origin.sock\n"))
         );
         let conf = dir.path().join("imgedge.yaml");
@@ -290,6 +322,39 @@ impl Imgedge {
     /// Requests the origin service has answered.
     pub async fn origin_requests(&self) -> f64 {
         self.metric("imgedge_origin_requests_total", &[]).await
+    }
+
+    /// Graceful stop (SIGTERM), waiting for the process to exit.
+    pub fn terminate(&mut self) {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.alive() {
+            assert!(Instant::now() < deadline, "imgedge did not exit on SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Hard kill (SIGKILL), as a crash.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Wait until `metric` (summed over `labels`) reaches `want`.
+    pub async fn wait_metric(&self, name: &str, labels: &[(&str, &str)], want: f64) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let v = self.metric(name, labels).await;
+            if v >= want {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name}{labels:?} stuck at {v}, want {want}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Whether the process is still running.
