@@ -57,9 +57,10 @@ impl AdminApp {
         }
     }
 
-    fn authorized(&self, session: &ServerSession) -> Result<(), Response<Vec<u8>>> {
+    /// `None` when the request carries the purge token, else the refusal to send.
+    fn refusal(&self, session: &ServerSession) -> Option<Response<Vec<u8>>> {
         if self.purge_token.is_empty() {
-            return Err(plain(
+            return Some(plain(
                 StatusCode::FORBIDDEN,
                 "purge is disabled: set admin.purge_token",
             ));
@@ -82,7 +83,7 @@ impl AdminApp {
     }
 
     async fn purge(&self, session: &ServerSession) -> Response<Vec<u8>> {
-        if let Err(denied) = self.authorized(session) {
+        if let Some(denied) = self.refusal(session) {
             return denied;
         }
         let uri = &session.req_header().uri;
