@@ -73,9 +73,9 @@ impl AdminApp {
             .and_then(|v| v.strip_prefix("Bearer "))
             .unwrap_or("");
         if bool::from(given.as_bytes().ct_eq(self.purge_token.as_bytes())) {
-            Ok(())
+            None
         } else {
-            Err(plain(
+            Some(plain(
                 StatusCode::UNAUTHORIZED,
                 "bad or missing bearer token",
             ))
