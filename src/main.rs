@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 use imgedge::config::Config;
 use imgedge::server::{self, RunOptions};
 
+#[cfg(feature = "jemalloc")]
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 

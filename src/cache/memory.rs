@@ -1,7 +1,8 @@
 //! The memory tier: TinyUFO (S3-FIFO admission + TinyLFU eviction) bounded in bytes.
 //!
 //! TinyUFO beats LRU on the long-tail Zipf traffic an image CDN sees, because one-hit wonders
-//! never push out the hot set. Its weights are `u16`, so objects are weighed in 4 KiB pages. It
+//! never push out the hot set. Its weights are `u16`, so objects are weighed in 1 KiB pages
+//! (fine enough that small thumbnails are not over-counted; the largest object is 64 MiB). It
 //! keeps only a 64-bit hash of each key, so every entry carries the full 128-bit cache-key hash
 //! and a lookup that lands on a different object is a miss, never a wrong image.
 
@@ -13,7 +14,7 @@ use pingora_cache::key::HashBinary;
 use tinyufo::TinyUfo;
 
 /// Weight unit: one page.
-pub const PAGE: u64 = 4096;
+pub const PAGE: u64 = 1024;
 /// Largest object the tier can weigh (u16::MAX pages).
 pub const MAX_OBJECT: u64 = PAGE * u16::MAX as u64;
 
