@@ -23,6 +23,8 @@ pub struct Metrics {
     pub pool_busy: IntGauge,
     /// Jobs waiting for a resize thread.
     pub pool_queued: IntGauge,
+    /// Mirror mode, by result: `queued`, `dropped` (queue full), `ok`, `error` (target failed).
+    pub mirror: IntCounterVec,
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -58,6 +60,12 @@ static METRICS: Lazy<Metrics> = Lazy::new(|| {
         "Variants produced.",
         &["format"],
     );
+    let mirror = counter_vec(
+        &r,
+        "imgedge_mirror_requests_total",
+        "Requests mirrored to another node, by result.",
+        &["result"],
+    );
     let pool_rejected = IntCounter::new(
         "imgedge_resize_pool_rejected_total",
         "Misses refused because the resize pool was full.",
@@ -82,6 +90,7 @@ static METRICS: Lazy<Metrics> = Lazy::new(|| {
         pool_rejected,
         pool_busy,
         pool_queued,
+        mirror,
     }
 });
 
