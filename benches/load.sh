@@ -11,11 +11,11 @@
 #                starting cold: a realistic mix
 #   replay=FILE  a URL list, one path or URL per line (e.g. URLs cut out of access logs)
 #   mirror       the hot run on three nodes side by side, with ratios to the first: mirroring
-#                off; on (sample 1.0, to a fourth node, which shares these 2 cores); and on with
-#                the queue always full (target a black hole: every offer dropped), which leaves
-#                only the request path's own cost: mirroring must not add latency
+#                off; on (sample $MIRROR_SAMPLE, default 1.0, to a fourth node on these same
+#                cores); and on with the queue always full (target a black hole: every offer
+#                dropped), which leaves only the request path's own cost
 #
-# Without -t it starts target/release/imgedge on 127.0.0.1:18380 (admin 19380; mirror uses
+# Without -t it starts this checkout's release build (or $IMGEDGE_BIN) on 127.0.0.1:18380 (admin 19380; mirror uses
 # 18381-18385) with a local origin holding 500 ids (hard links to the kite sample), so it
 # measures the server, not S3. With -t URL it loads that running node instead (hot and miss need
 # /image/kite.jpg there, trace needs img00000.jpg…; replay works against anything).
@@ -28,7 +28,7 @@ while getopts "d:c:t:" o; do
     d) secs=$OPTARG ;;
     c) conns=$OPTARG ;;
     t) target=${OPTARG%/} ;;
-    *) sed -n '2,25p' "$0"; exit 2 ;;
+    *) sed -n '2,22p' "$0"; exit 2 ;;
   esac
 done
 shift $((OPTIND - 1))
@@ -103,7 +103,7 @@ for r in "${runs[@]}"; do
     mirror)
       start_node mirror-b 18383 19383
       start_node mirror-off 18381 19381
-      start_node mirror-on 18382 19382 "mirror: {target: \"http://127.0.0.1:18383\", sample: 1.0}"
+      start_node mirror-on 18382 19382 "mirror: {target: \"http://127.0.0.1:18383\", sample: ${MIRROR_SAMPLE:-1.0}}"
       # A black hole (listens, never accepts): one mirrored request hangs, the one-slot queue
       # stays full, every other offer is dropped. What is left is the request path's own cost.
       python3 -c 'import socket,time; s=socket.socket(); s.bind(("127.0.0.1",18385)); s.listen(64); time.sleep(3600)' &

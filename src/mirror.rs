@@ -16,6 +16,7 @@ use async_trait::async_trait;
 use parking_lot::Mutex;
 use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
+use prometheus::IntCounter;
 use tokio::sync::{mpsc, Semaphore};
 
 use crate::config::MirrorConfig;
@@ -29,6 +30,9 @@ pub struct Mirror {
     tx: mpsc::Sender<String>,
     sample: f64,
     seen: AtomicU64,
+    // Resolved once: no label lookup on the request path.
+    queued: IntCounter,
+    dropped: IntCounter,
 }
 
 impl Mirror {
@@ -45,11 +49,10 @@ impl Mirror {
         if !Self::sampled(self.sample, n) {
             return;
         }
-        let result = match self.tx.try_send(variant.canonical_uri()) {
-            Ok(()) => "queued",
-            Err(_) => "dropped",
-        };
-        metrics().mirror.with_label_values(&[result]).inc();
+        match self.tx.try_send(variant.canonical_uri()) {
+            Ok(()) => self.queued.inc(),
+            Err(_) => self.dropped.inc(),
+        }
     }
 }
 
@@ -72,6 +75,8 @@ pub fn from_config(cfg: &MirrorConfig) -> Option<(Mirror, MirrorService)> {
             tx,
             sample: cfg.sample,
             seen: AtomicU64::new(0),
+            queued: metrics().mirror.with_label_values(&["queued"]),
+            dropped: metrics().mirror.with_label_values(&["dropped"]),
         },
         MirrorService {
             rx: Mutex::new(Some(rx)),
