@@ -20,7 +20,12 @@ use rand_distr::Zipf;
 
 /// Widths product pages ask for, most common first.
 const WIDTHS: [u32; 8] = [200, 400, 100, 800, 300, 600, 1200, 64];
-const AGENTS: [&str; 4] = ["Mozilla/5.0 (iPhone)", "Mozilla/5.0 (X11)", "curl/8", "Googlebot"];
+const AGENTS: [&str; 4] = [
+    "Mozilla/5.0 (iPhone)",
+    "Mozilla/5.0 (X11)",
+    "curl/8",
+    "Googlebot",
+];
 
 /// One request URL of the trace (what a log would hold).
 fn url(rng: &mut StdRng, ids: &Zipf<f64>, sizes: &Zipf<f64>) -> (String, String) {

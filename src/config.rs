@@ -68,6 +68,8 @@ pub struct Config {
     pub transform: TransformConfig,
     /// The cache.
     pub cache: CacheConfig,
+    /// Mirroring a sample of live requests to another node (off by default).
+    pub mirror: MirrorConfig,
 }
 
 /// Process-wide settings (mapped onto Pingora's `ServerConf`).
@@ -405,6 +407,58 @@ impl Default for CacheConfig {
     }
 }
 
+/// Mirror mode: after each response, a sample of image requests is replayed (fire and forget)
+/// to another node to warm it. See [`crate::mirror`].
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MirrorConfig {
+    /// Base URL of the node to warm (`http://host:port`, its edge listener); empty: off.
+    pub target: String,
+    /// Fraction of image requests mirrored, 0..=1.
+    pub sample: f64,
+    /// Requests waiting to be sent; when full, new ones are dropped (and counted).
+    pub queue_len: usize,
+    /// Timeout of one mirrored request, body included.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Mirrored requests in flight at most.
+    pub concurrency: usize,
+}
+
+impl Default for MirrorConfig {
+    fn default() -> Self {
+        MirrorConfig {
+            target: String::new(),
+            sample: 1.0,
+            queue_len: 1024,
+            timeout: Duration::from_secs(10),
+            concurrency: 4,
+        }
+    }
+}
+
+impl MirrorConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let t = &self.target;
+        if !(t.is_empty() || t.starts_with("http://") || t.starts_with("https://")) {
+            return Err(invalid("mirror.target", "must be empty or an http:// URL"));
+        }
+        if !(0.0..=1.0).contains(&self.sample) {
+            return Err(invalid("mirror.sample", "must be in 0..=1"));
+        }
+        if self.queue_len == 0 {
+            return Err(invalid("mirror.queue_len", "must be at least 1"));
+        }
+        if self.timeout.is_zero() {
+            return Err(invalid("mirror.timeout", "must be positive"));
+        }
+        if self.concurrency == 0 {
+            return Err(invalid("mirror.concurrency", "must be at least 1"));
+        }
+        Ok(())
+    }
+}
+
 fn parse_rgb(s: &str) -> Option<[u8; 3]> {
     if s.len() != 6 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
@@ -592,6 +646,7 @@ impl Config {
                 "must be at least 16 characters (or empty to disable purging)",
             ));
         }
+        self.mirror.validate()?;
         // A waiter that gives up before the worst miss finishes turns coalescing into a stampede.
         let worst_miss = self.origin.fetch_timeout;
         for (key, t) in [
@@ -642,6 +697,8 @@ mod tests {
         assert!(err("cache:\n  lock_wait_timeout: 1s\n").starts_with("cache.lock_wait_timeout:"));
         assert!(err("server:\n  pid_file: rel.pid\n").starts_with("server.pid_file:"));
         assert!(err("origin:\n  key_template: \"{id:0:}\"\n").starts_with("origin.key_template:"));
+        assert!(err("mirror:\n  sample: 1.5\n").starts_with("mirror.sample:"));
+        assert!(err("mirror:\n  target: node-b:8080\n").starts_with("mirror.target:"));
     }
 
     #[test]

@@ -41,6 +41,7 @@ pub struct Edge {
     origin_read_timeout: Duration,
     meta_defaults: CacheMetaDefaults,
     lock_wait_timeout: Duration,
+    mirror: Option<crate::mirror::Mirror>,
 }
 
 // Freshness comes from the origin's Cache-Control; nothing is cached on a guess.
@@ -65,7 +66,14 @@ impl Edge {
                 stale_if_error,
             ),
             lock_wait_timeout: cfg.cache.lock_wait_timeout,
+            mirror: None,
         }
+    }
+
+    /// Mirror a sample of served image requests (see [`crate::mirror`]).
+    pub fn with_mirror(mut self, mirror: Option<crate::mirror::Mirror>) -> Edge {
+        self.mirror = mirror;
+        self
     }
 
     /// The `X-Cache` value for a request's cache phase.
@@ -333,5 +341,16 @@ impl ProxyHttp for Edge {
             ms = ctx.started.elapsed().as_secs_f64() * 1000.0,
             error = e.map(|e| e.to_string()),
         );
+        // The response is complete: mirroring (a non-blocking enqueue) cannot delay it.
+        if let (Some(mirror), Some(v)) = (&self.mirror, &ctx.variant) {
+            let served = matches!(status, 200..=299 | 304);
+            let mirrored = session
+                .req_header()
+                .headers
+                .contains_key(crate::mirror::MIRROR_HEADER);
+            if served && !mirrored {
+                mirror.offer(v);
+            }
+        }
     }
 }

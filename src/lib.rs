@@ -5,6 +5,7 @@
 //! original from its [`origin::source`], resizes it with [`origin::transform`] on the
 //! [`origin::pool`] and answers. [`server`] assembles the three Pingora services (edge, origin,
 //! [`admin`]); [`config`] is the one YAML file; [`error`] maps every failure to its HTTP status.
+//! [`mirror`] replays a sample of live requests to another node; [`warm`] is `imgedge warm`.
 
 pub mod admin;
 pub mod cache;
@@ -12,6 +13,8 @@ pub mod config;
 pub mod edge;
 pub mod error;
 pub mod metrics;
+pub mod mirror;
 pub mod origin;
 pub mod server;
 pub mod variant;
+pub mod warm;

@@ -1,4 +1,4 @@
-//! The `imgedge` binary: `serve` (the default) and `check`.
+//! The `imgedge` binary: `serve` (the default), `check` and `warm`.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -39,6 +39,8 @@ enum Command {
         #[arg(short, long)]
         config: PathBuf,
     },
+    /// Warm a node's cache from access logs: most requested variants first, rate-limited.
+    Warm(imgedge::warm::WarmArgs),
 }
 
 fn load(path: Option<&Path>) -> Result<Config, String> {
@@ -72,6 +74,16 @@ fn main() -> ExitCode {
                 }
                 Err(e) => {
                     eprintln!("config error: {e}");
+                    ExitCode::from(2)
+                }
+            };
+        }
+        Some(Command::Warm(args)) => {
+            return match imgedge::warm::run(args) {
+                Ok(imgedge::warm::Outcome::Done) => ExitCode::SUCCESS,
+                Ok(imgedge::warm::Outcome::Interrupted) => ExitCode::from(130),
+                Err(e) => {
+                    eprintln!("warm: {e}");
                     ExitCode::from(2)
                 }
             };

@@ -39,6 +39,8 @@ pub struct Metrics {
     pub cache_bytes: IntGaugeVec,
     /// Objects stored per tier (set when scraped).
     pub cache_objects: IntGaugeVec,
+    /// Mirror mode, by result: `queued`, `dropped` (queue full), `ok`, `error` (target failed).
+    pub mirror: IntCounterVec,
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -87,6 +89,12 @@ static METRICS: Lazy<Metrics> = Lazy::new(|| {
         "imgedge_transforms_total",
         "Variants produced.",
         &["format"],
+    );
+    let mirror = counter_vec(
+        &r,
+        "imgedge_mirror_requests_total",
+        "Requests mirrored to another node, by result.",
+        &["result"],
     );
     let pool_rejected = IntCounter::new(
         "imgedge_resize_pool_rejected_total",
@@ -166,6 +174,7 @@ static METRICS: Lazy<Metrics> = Lazy::new(|| {
         pool_rejected,
         pool_busy,
         pool_queued,
+        mirror,
     }
 });
 

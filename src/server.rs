@@ -57,9 +57,10 @@ pub fn build(cfg: &Config, run: RunOptions) -> Result<Server, Error> {
     origin_svc.threads = Some(cfg.origin.threads);
 
     let cache = Cache::from_config(&cfg.cache)?;
+    let (mirror, mirror_svc) = crate::mirror::from_config(&cfg.mirror).unzip();
     let mut edge = pingora_proxy::http_proxy_service_with_name(
         &server.configuration,
-        Edge::new(cfg, cache),
+        Edge::new(cfg, cache).with_mirror(mirror),
         "edge",
     );
     for addr in &cfg.edge.listen {
@@ -81,5 +82,11 @@ pub fn build(cfg: &Config, run: RunOptions) -> Result<Server, Error> {
             interval: cfg.cache.disk.save_interval,
         },
     ));
+    if let Some(svc) = mirror_svc {
+        // Its own runtime: sending mirrored requests never takes an edge thread.
+        server.add_service(pingora_core::services::background::background_service(
+            "mirror", svc,
+        ));
+    }
     Ok(server)
 }

@@ -1,0 +1,178 @@
+//! The HTTP side of warming (and of mirror mode): one GET whose body is read to the end and
+//! discarded, and a scrape of a node's hit ratio from its admin `/metrics`.
+//!
+//! The body is drained because a fill is published only once complete; a client that hangs up
+//! after the headers may leave the node cold.
+
+use std::time::Duration;
+
+/// Header a node sets on the requests it mirrors; a node never mirrors a request carrying it,
+/// so two nodes mirroring to each other cannot loop.
+pub const MIRROR_HEADER: &str = "x-imgedge-mirror";
+
+/// A response, read to the end.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fetched {
+    /// Status code.
+    pub status: u16,
+    /// The `X-Cache` header, upper-cased, when present.
+    pub x_cache: Option<String>,
+    /// Body bytes received.
+    pub bytes: u64,
+}
+
+/// Why a request got no response.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FetchError {
+    /// No connection could be made.
+    #[error("connect")]
+    Connect,
+    /// The request took longer than the client's timeout.
+    #[error("timeout")]
+    Timeout,
+    /// Anything else (reset mid-body, protocol error).
+    #[error("transport")]
+    Transport,
+}
+
+impl From<reqwest::Error> for FetchError {
+    fn from(e: reqwest::Error) -> Self {
+        if e.is_timeout() {
+            FetchError::Timeout
+        } else if e.is_connect() {
+            FetchError::Connect
+        } else {
+            FetchError::Transport
+        }
+    }
+}
+
+/// A client for warming: no proxy from the environment (targets are nodes, addressed directly),
+/// a whole-request timeout, and a recognisable User-Agent.
+pub fn client(timeout: Duration, pool_idle: usize) -> Result<reqwest::Client, reqwest::Error> {
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(timeout)
+        .connect_timeout(timeout.min(Duration::from_secs(2)))
+        .pool_max_idle_per_host(pool_idle)
+        .user_agent(concat!("imgedge-warm/", env!("CARGO_PKG_VERSION")))
+        .build()
+}
+
+/// GET `url`, read the body to the end, return what was seen.
+pub async fn fetch(
+    client: &reqwest::Client,
+    url: &str,
+    mirror: bool,
+) -> Result<Fetched, FetchError> {
+    let mut req = client.get(url);
+    if mirror {
+        req = req.header(MIRROR_HEADER, "1");
+    }
+    let mut resp = req.send().await?;
+    let status = resp.status().as_u16();
+    let x_cache = resp
+        .headers()
+        .get("x-cache")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_ascii_uppercase);
+    let mut bytes = 0u64;
+    while let Some(chunk) = resp.chunk().await? {
+        bytes += chunk.len() as u64;
+    }
+    Ok(Fetched {
+        status,
+        x_cache,
+        bytes,
+    })
+}
+
+/// A node's cumulative hit ratio, from `imgedge_requests_total{status,cache}`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct HitRatio {
+    /// Responses served from the cache as fresh hits.
+    pub hits: u64,
+    /// Responses that looked the object up in the cache: hits, misses, stale, expired,
+    /// revalidated (requests refused before the cache, such as 400s, are not counted).
+    pub lookups: u64,
+}
+
+impl HitRatio {
+    /// Hits over lookups, or `None` before the first lookup.
+    pub fn ratio(&self) -> Option<f64> {
+        (self.lookups > 0).then(|| self.hits as f64 / self.lookups as f64)
+    }
+
+    /// Parse Prometheus text.
+    pub fn from_metrics(text: &str) -> HitRatio {
+        let mut r = HitRatio {
+            hits: 0,
+            lookups: 0,
+        };
+        for line in text.lines() {
+            let Some(rest) = line.strip_prefix("imgedge_requests_total{") else {
+                continue;
+            };
+            let Some((labels, value)) = rest.rsplit_once("} ") else {
+                continue;
+            };
+            // Counters are integers, rendered without a fraction.
+            let Ok(n) = value.trim().parse::<f64>() else {
+                continue;
+            };
+            let n = n as u64;
+            let cache = labels
+                .split(',')
+                .find_map(|kv| kv.strip_prefix("cache=\""))
+                .map(|v| v.trim_end_matches('"'));
+            match cache {
+                Some("hit") => {
+                    r.hits += n;
+                    r.lookups += n;
+                }
+                Some("miss" | "stale" | "expired" | "revalidated") => r.lookups += n,
+                _ => {}
+            }
+        }
+        r
+    }
+}
+
+/// Scrape `admin`'s `/metrics`; `None` (with a warning) when it cannot be read.
+pub async fn scrape_hit_ratio(client: &reqwest::Client, admin: &str) -> Option<HitRatio> {
+    let url = format!("{}/metrics", admin.trim_end_matches('/'));
+    let text = async {
+        let resp = client.get(&url).send().await?.error_for_status()?;
+        resp.text().await
+    }
+    .await;
+    match text {
+        Ok(t) => Some(HitRatio::from_metrics(&t)),
+        Err(e) => {
+            tracing::warn!("cannot read {url}: {e}");
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hit_ratio_from_metrics_text() {
+        let text = "# HELP imgedge_requests_total Edge responses.\n\
+# TYPE imgedge_requests_total counter\n\
+imgedge_requests_total{cache=\"hit\",status=\"200\"} 30\n\
+imgedge_requests_total{cache=\"hit\",status=\"304\"} 10\n\
+imgedge_requests_total{cache=\"miss\",status=\"200\"} 50\n\
+imgedge_requests_total{cache=\"stale\",status=\"200\"} 5\n\
+imgedge_requests_total{cache=\"expired\",status=\"200\"} 5\n\
+imgedge_requests_total{cache=\"none\",status=\"400\"} 1000\n\
+imgedge_origin_requests_total{status=\"200\"} 50\n";
+        let r = HitRatio::from_metrics(text);
+        assert_eq!((r.hits, r.lookups), (40, 100));
+        assert_eq!(r.ratio(), Some(0.4));
+        assert_eq!(HitRatio::from_metrics("").ratio(), None);
+    }
+}
