@@ -195,6 +195,22 @@ async fn max_objects_warms_the_most_requested_from_stdin() {
     assert_eq!(x_cache(&node.get(&a).await), "HIT");
     assert_eq!(x_cache(&node.get(&b).await), "HIT");
     assert_eq!(x_cache(&node.get(&c).await), "MISS");
+
+    // A byte budget: one request at a time, so the first answer already exhausts one byte.
+    let lines = [
+        format!("/image/{KITE}?size=104x"),
+        format!("/image/{KITE}?size=105x"),
+        format!("/image/{KITE}?size=106x"),
+    ];
+    let (code, out, _) = warm(
+        args(&node, &["--max-bytes", "1", "--concurrency", "1", "-"]),
+        Some(lines.join("\n")),
+    )
+    .await;
+    assert_eq!(code, 0);
+    assert!(out.contains("budget reached"), "{out}");
+    assert!(out.contains("requests sent:      1"), "{out}");
+    assert_eq!(node.origin_requests().await, 4.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -55,7 +55,7 @@ pub struct WarmArgs {
     #[arg(long)]
     pub max_objects: Option<u64>,
     /// Stop starting requests once this many body bytes came back (e.g. 2GiB); requests in
-    /// flight then still finish, so it may be exceeded by up to `--concurrency` objects.
+    /// flight then still finish, so it may be exceeded by up to `--concurrency - 1` objects.
     #[arg(long)]
     pub max_bytes: Option<ByteSize>,
     /// Keep reading the input as it grows (like `tail -F`; a rotated or truncated file is
@@ -266,6 +266,13 @@ async fn dispatch(
     });
     let mut inflight = JoinSet::new();
     while let Some(item) = rx.recv().await {
+        if let Some(t) = ticker.as_mut() {
+            t.tick().await;
+        }
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            break;
+        };
+        // Checked with a permit in hand, so the bytes of every finished request are counted.
         let sent = shared.sent.load(Ordering::Relaxed);
         let over_objects = args.max_objects.is_some_and(|m| sent >= m);
         let over_bytes = args
@@ -275,12 +282,6 @@ async fn dispatch(
             shared.budget_reached.store(true, Ordering::Relaxed);
             break;
         }
-        if let Some(t) = ticker.as_mut() {
-            t.tick().await;
-        }
-        let Ok(permit) = permits.clone().acquire_owned().await else {
-            break;
-        };
         while inflight.try_join_next().is_some() {}
         shared.sent.fetch_add(1, Ordering::Relaxed);
         let (http, shared, url) = (http.clone(), shared.clone(), format!("{base}{}", item.uri));
