@@ -13,6 +13,10 @@ use std::time::Duration;
 use imgedge::origin::transform::{transform, TransformLimits, TransformSettings};
 use imgedge::variant::{ParseOptions, Variant};
 
+// The server's allocator, so allocation costs are the production ones.
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// CPU time used by this process (all threads), as libvips' side measures it.
 fn cpu_time() -> Duration {
     let mut ts = libc::timespec {

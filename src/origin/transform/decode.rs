@@ -173,8 +173,6 @@ pub fn decode(
 
 fn decode_jpeg(bytes: &[u8], limits: &TransformLimits, resize: Option<Resize>) -> Result<Decoded> {
     let meta = container::jpeg_meta(bytes);
-    let header = jpeg::header(bytes, limits.max_source_pixels)?;
-    check_pixels(header.width, header.height, limits)?;
     let orientation = Orientation::from_exif(meta.orientation).unwrap_or(Orientation::NoTransforms);
     let swaps = matches!(
         orientation,
@@ -183,16 +181,27 @@ fn decode_jpeg(bytes: &[u8], limits: &TransformLimits, resize: Option<Resize>) -
             | Orientation::Rotate90FlipH
             | Orientation::Rotate270FlipH
     );
-    let (uw, uh) = if swaps {
-        (header.height, header.width)
-    } else {
-        (header.width, header.height)
-    };
-    let plan = geometry::plan(uw, uh, resize);
-    let (_, _, cw, ch) = plan.crop;
-    let shrink = (cw / f64::from(plan.width)).min(ch / f64::from(plan.height));
-    let (header, w, h, samples) =
-        jpeg::decode(bytes, limits.max_source_pixels, jpeg::scale_denom(shrink))?;
+    let mut planned = None;
+    let (header, w, h, samples) = jpeg::decode(bytes, limits.max_source_pixels, |header| {
+        check_pixels(header.width, header.height, limits)?;
+        let (uw, uh) = if swaps {
+            (header.height, header.width)
+        } else {
+            (header.width, header.height)
+        };
+        let plan = geometry::plan(uw, uh, resize);
+        let (_, _, cw, ch) = plan.crop;
+        // The less-shrunk axis decides: neither may end up with fewer pixels than it needs.
+        let shrink = (cw / f64::from(plan.width)).min(ch / f64::from(plan.height));
+        let denom = if header.lossless {
+            1
+        } else {
+            jpeg::scale_denom(shrink)
+        };
+        planned = Some((plan, denom, (uw, uh)));
+        Ok(denom)
+    })?;
+    let (plan, denom, (uw, uh)) = planned.ok_or_else(|| Error::Internal("jpeg plan".into()))?;
     let rgb = match header.color {
         jpeg::JpegColor::Rgb => samples,
         jpeg::JpegColor::Cmyk => color::cmyk_to_rgb(&samples, meta.adobe),
@@ -207,7 +216,7 @@ fn decode_jpeg(bytes: &[u8], limits: &TransformLimits, resize: Option<Resize>) -
         (img.width(), img.height(), img.into_rgb8().into_raw())
     };
     Ok(Decoded {
-        plan: plan.scaled((uw, uh), (width, height)),
+        plan: plan.scaled(1.0 / f64::from(denom), (uw, uh)),
         pixels: Pixels {
             width,
             height,

@@ -45,21 +45,19 @@ impl Plan {
             && self.crop == (0.0, 0.0, src_w as f64, src_h as f64)
     }
 
-    /// The same plan for the source decoded at `to` instead of `from` pixels (JPEG IDCT
-    /// scaling): the crop scales, the output does not.
-    pub fn scaled(self, from: (u32, u32), to: (u32, u32)) -> Plan {
-        if from == to {
+    /// The same plan for a `src` image decoded at `factor` scale (JPEG IDCT scaling, 1/2..1/8):
+    /// the crop scales by exactly `factor` on both axes, the output does not. The decoder rounds
+    /// a partial last block up to a whole pixel; like libvips, the crop stops at
+    /// `floor(src x factor)` so that sliver never stretches one axis against the other.
+    pub fn scaled(self, factor: f64, src: (u32, u32)) -> Plan {
+        if factor == 1.0 {
             return self;
         }
-        let sx = f64::from(to.0) / f64::from(from.0);
-        let sy = f64::from(to.1) / f64::from(from.1);
+        let avail = |v: u32| (f64::from(v) * factor).floor().max(1.0);
+        let (aw, ah) = (avail(src.0), avail(src.1));
         let (l, t, w, h) = self.crop;
-        // Clamp so rounding in the decoder's ceil() can never push the crop outside.
-        let (w, h) = ((w * sx).min(f64::from(to.0)), (h * sy).min(f64::from(to.1)));
-        let (l, t) = (
-            (l * sx).min(f64::from(to.0) - w),
-            (t * sy).min(f64::from(to.1) - h),
-        );
+        let (w, h) = ((w * factor).min(aw), (h * factor).min(ah));
+        let (l, t) = ((l * factor).min(aw - w), (t * factor).min(ah - h));
         Plan {
             crop: (l.max(0.0), t.max(0.0), w, h),
             ..self
@@ -277,14 +275,14 @@ mod tests {
     #[test]
     fn scaled_plans_keep_the_output_and_scale_the_crop() {
         let p = plan(2000, 1000, r(Some(100), Some(100), Fit::Cover));
-        let s = p.scaled((2000, 1000), (250, 125));
+        let s = p.scaled(0.125, (2000, 1000));
         assert_eq!(dims(s), (100, 100));
         assert_eq!(s.crop, (62.5, 0.0, 125.0, 125.0));
-        // ceil() in the decoder: the crop stays inside.
-        let p = plan(1001, 1001, r(Some(10), Some(10), Fit::Cover));
-        let s = p.scaled((1001, 1001), (126, 126));
-        let (l, t, w, h) = s.crop;
-        assert!(l + w <= 126.0 && t + h <= 126.0);
+        // 1001 / 8 decodes to 126 px (ceil); the crop keeps the 125 whole ones on both axes.
+        let p = plan(1001, 1001, r(Some(10), Some(10), Fit::Inside));
+        let s = p.scaled(0.125, (1001, 1001));
+        assert_eq!(s.crop, (0.0, 0.0, 125.0, 125.0));
+        assert!(!s.is_identity(126, 126));
     }
 
     #[test]

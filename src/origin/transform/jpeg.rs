@@ -137,7 +137,7 @@ impl Decompressor {
                 bytes.len() as _,
                 buf.as_mut_ptr(),
                 pitch as i32,
-                pf as i32,
+                pf,
             )
         };
         if r != 0 {
@@ -174,14 +174,16 @@ pub fn header(bytes: &[u8], max_pixels: u64) -> Result<JpegHeader> {
     with_decompressor(|d| d.header(bytes, max_pixels))
 }
 
-/// Decode strictly at `1/denom` scale (denom in 1, 2, 4, 8): `(width, height, samples)`.
+/// Decode strictly at the `1/denom` scale `plan` picks from the header (denom in 1, 2, 4, 8;
+/// `plan` may also refuse): `(header, width, height, samples)`. One header parse serves both.
 pub fn decode(
     bytes: &[u8],
     max_pixels: u64,
-    denom: u32,
+    plan: impl FnOnce(&JpegHeader) -> Result<u32>,
 ) -> Result<(JpegHeader, u32, u32, Vec<u8>)> {
     with_decompressor(|d| {
         let h = d.header(bytes, max_pixels)?;
+        let denom = plan(&h)?;
         let (w, hh, px) = d.decode(bytes, &h, denom)?;
         Ok((h, w, hh, px))
     })
@@ -247,12 +249,12 @@ mod tests {
         let (w, h) = (64u32, 48u32);
         let rgb: Vec<u8> = (0..w * h * 3).map(|i| (i % 251) as u8).collect();
         let jpeg = encode(&rgb, w, h, 90).unwrap();
-        let (hd, dw, dh, px) = decode(&jpeg, 1 << 20, 2).unwrap();
+        let (hd, dw, dh, px) = decode(&jpeg, 1 << 20, |_| Ok(2)).unwrap();
         assert_eq!((hd.width, hd.height, dw, dh), (64, 48, 32, 24));
         assert_eq!(px.len(), 32 * 24 * 3);
         let cut = &jpeg[..jpeg.len() * 2 / 3];
-        assert_eq!(decode(cut, 1 << 20, 1).unwrap_err().status(), 422);
+        assert_eq!(decode(cut, 1 << 20, |_| Ok(1)).unwrap_err().status(), 422);
         // libjpeg-turbo's own pixel limit, behind ours (which checks the header first).
-        assert_eq!(decode(&jpeg, 100, 1).unwrap_err().status(), 422);
+        assert_eq!(decode(&jpeg, 100, |_| Ok(1)).unwrap_err().status(), 422);
     }
 }
