@@ -227,3 +227,75 @@ fn decode_jpeg(bytes: &[u8], limits: &TransformLimits, resize: Option<Resize>) -
         },
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A 32x16 JPEG whose top-left 16x8 quadrant is white (rest black), tagged with EXIF
+    /// `orientation`.
+    fn tagged_jpeg(orientation: u8) -> Vec<u8> {
+        let (w, h) = (32u32, 16u32);
+        let mut rgb = vec![0u8; (w * h * 3) as usize];
+        for y in 0..8 {
+            for x in 0..16 {
+                let i = ((y * w + x) * 3) as usize;
+                rgb[i..i + 3].copy_from_slice(&[255, 255, 255]);
+            }
+        }
+        let jpeg = jpeg::encode(&rgb, w, h, 95).unwrap();
+        // APP1: Exif header, big-endian TIFF, one IFD entry: Orientation (0x0112), SHORT, 1.
+        let mut exif = b"Exif\0\0MM\0\x2a\0\0\0\x08\0\x01\x01\x12\0\x03\0\0\0\x01\0".to_vec();
+        exif.extend_from_slice(&[orientation, 0, 0, 0, 0, 0, 0]);
+        let mut out = vec![0xFF, 0xD8, 0xFF, 0xE1];
+        out.extend_from_slice(&((exif.len() + 2) as u16).to_be_bytes());
+        out.extend_from_slice(&exif);
+        out.extend_from_slice(&jpeg[2..]);
+        out
+    }
+
+    /// Which quadrant of the upright image is white: (right half, bottom half).
+    fn white_quadrant(p: &Pixels) -> (bool, bool) {
+        let (w, h) = (p.width as usize, p.height as usize);
+        let lum = |x: usize, y: usize| p.data[(y * w + x) * 3] as u32;
+        let (qx, qy) = (w / 4, h / 4);
+        let mut best = (0, (false, false));
+        for (right, bottom) in [(false, false), (true, false), (false, true), (true, true)] {
+            let (cx, cy) = (
+                if right { w - qx } else { qx },
+                if bottom { h - qy } else { qy },
+            );
+            if lum(cx, cy) > best.0 {
+                best = (lum(cx, cy), (right, bottom));
+            }
+        }
+        best.1
+    }
+
+    #[test]
+    fn every_exif_orientation_comes_out_upright() {
+        // Where the stored top-left quadrant lands when displayed (EXIF 2.3, tag 0x0112).
+        let expect = [
+            (1, (32, 16), (false, false)),
+            (2, (32, 16), (true, false)),  // mirrored horizontally
+            (3, (32, 16), (true, true)),   // rotated 180
+            (4, (32, 16), (false, true)),  // mirrored vertically
+            (5, (16, 32), (false, false)), // transposed
+            (6, (16, 32), (true, false)),  // rotated 90 clockwise
+            (7, (16, 32), (true, true)),   // transversed
+            (8, (16, 32), (false, true)),  // rotated 90 counter-clockwise
+        ];
+        for (o, dims, quadrant) in expect {
+            let d = decode(
+                &tagged_jpeg(o),
+                SourceFormat::Jpeg,
+                &TransformLimits::default(),
+                None,
+            )
+            .unwrap();
+            assert_eq!((d.pixels.width, d.pixels.height), dims, "orientation {o}");
+            assert_eq!(white_quadrant(&d.pixels), quadrant, "orientation {o}");
+            assert_eq!((d.plan.width, d.plan.height), dims, "orientation {o}");
+        }
+    }
+}
