@@ -16,9 +16,7 @@ fn sample(name: &str) -> Vec<u8> {
 
 fn bench(c: &mut Criterion) {
     let settings = TransformSettings {
-        limits: TransformLimits {
-            max_source_pixels: 50_000_000,
-        },
+        limits: TransformLimits::default(),
         background: [255, 255, 255],
         default_quality: 80,
     };

@@ -271,6 +271,10 @@ pub struct LimitsConfig {
     pub max_source_bytes: ByteSize,
     /// Largest original accepted, in pixels (width x height from the header).
     pub max_source_pixels: u64,
+    /// Most animation frames an original may have (counted before any is decoded).
+    pub max_frames: u32,
+    /// Most metadata (PNG text chunks, once inflated) an original may carry.
+    pub max_metadata_bytes: ByteSize,
 }
 
 impl Default for LimitsConfig {
@@ -279,6 +283,8 @@ impl Default for LimitsConfig {
             max_dimension: 4096,
             max_source_bytes: ByteSize::mib(32),
             max_source_pixels: 50_000_000,
+            max_frames: 1000,
+            max_metadata_bytes: ByteSize::mib(1),
         }
     }
 }
@@ -602,6 +608,9 @@ impl Config {
         if self.limits.max_source_pixels == 0 {
             return Err(invalid("limits.max_source_pixels", "must be positive"));
         }
+        if self.limits.max_frames == 0 {
+            return Err(invalid("limits.max_frames", "must be positive"));
+        }
         if !(1..=100).contains(&self.transform.default_quality) {
             return Err(invalid("transform.default_quality", "must be in 1..=100"));
         }
@@ -669,6 +678,7 @@ impl Config {
         ParseOptions {
             max_dimension: self.limits.max_dimension,
             default_quality: self.transform.default_quality,
+            background: self.transform.background_rgb(),
         }
     }
 }

@@ -29,15 +29,21 @@ pub enum Fit {
     Inside,
     /// Stretch to the box, ignoring the aspect ratio.
     Fill,
+    /// Fit within the box and pad to exactly its size with this RGB colour (`bg=RRGGBB`).
+    Contain([u8; 3]),
 }
 
 impl Fit {
-    fn parse(s: &str) -> Result<Self> {
+    /// `bg` is the padding colour, used only by `contain`.
+    fn parse(s: &str, bg: [u8; 3]) -> Result<Self> {
         match s {
             "cover" => Ok(Fit::Cover),
             "inside" => Ok(Fit::Inside),
             "fill" => Ok(Fit::Fill),
-            _ => Err(Error::bad_request("fit must be cover, inside or fill")),
+            "contain" => Ok(Fit::Contain(bg)),
+            _ => Err(Error::bad_request(
+                "fit must be cover, inside, fill or contain",
+            )),
         }
     }
 
@@ -47,8 +53,22 @@ impl Fit {
             Fit::Cover => "cover",
             Fit::Inside => "inside",
             Fit::Fill => "fill",
+            Fit::Contain(_) => "contain",
         }
     }
+}
+
+/// `RRGGBB` hex (either case) to RGB.
+pub fn parse_rgb(s: &str) -> Option<[u8; 3]> {
+    if s.len() != 6 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let c = |i: usize| u8::from_str_radix(&s[i..i + 2], 16).ok();
+    Some([c(0)?, c(2)?, c(4)?])
+}
+
+fn hex_rgb(c: [u8; 3]) -> String {
+    format!("{:02x}{:02x}{:02x}", c[0], c[1], c[2])
 }
 
 /// An output encoding.
@@ -136,6 +156,8 @@ pub struct ParseOptions {
     pub max_dimension: u32,
     /// Quality when `q` is absent.
     pub default_quality: u8,
+    /// `fit=contain` padding when `bg` is absent.
+    pub background: [u8; 3],
 }
 
 impl Default for ParseOptions {
@@ -143,6 +165,7 @@ impl Default for ParseOptions {
         ParseOptions {
             max_dimension: 4096,
             default_quality: 80,
+            background: [255, 255, 255],
         }
     }
 }
@@ -155,6 +178,7 @@ struct Params<'a> {
     format: Option<std::borrow::Cow<'a, str>>,
     q: Option<std::borrow::Cow<'a, str>>,
     dpr: Option<std::borrow::Cow<'a, str>>,
+    bg: Option<std::borrow::Cow<'a, str>>,
 }
 
 impl<'a> Params<'a> {
@@ -169,6 +193,7 @@ impl<'a> Params<'a> {
                 "format" => &mut p.format,
                 "q" => &mut p.q,
                 "dpr" => &mut p.dpr,
+                "bg" => &mut p.bg,
                 _ => continue, // utm_*, cache busters: never part of the variant
             };
             if slot.is_some() {
@@ -201,8 +226,12 @@ impl Variant {
             Some(f) => Some(OutputFormat::parse(f)?),
             None => None,
         };
+        let bg = match params.bg.as_deref() {
+            Some(b) => parse_rgb(b).ok_or_else(|| Error::bad_request("bg must be RRGGBB hex"))?,
+            None => opts.background,
+        };
         let fit = match params.fit.as_deref() {
-            Some(f) => Fit::parse(f)?,
+            Some(f) => Fit::parse(f, bg)?,
             None => Fit::Cover,
         };
         let dpr = match params.dpr.as_deref() {
@@ -240,7 +269,7 @@ impl Variant {
             None => k.push_str("orig"),
             Some(t) => {
                 let (w, h, fit) = match t.resize {
-                    Some(r) => (r.width, r.height, Some(r.fit.as_str())),
+                    Some(r) => (r.width, r.height, Some(r.fit)),
                     None => (None, None, None),
                 };
                 let num = |v: Option<u32>| v.map_or("-".to_string(), |v| v.to_string());
@@ -249,10 +278,14 @@ impl Variant {
                     "w={},h={},fit={},f={},q={}",
                     num(w),
                     num(h),
-                    fit.unwrap_or("-"),
+                    fit.map_or("-", Fit::as_str),
                     t.format.map_or("auto", |f| f.as_str()),
                     t.quality.map_or("-".to_string(), |q| q.to_string()),
                 );
+                // The padding colour matters only to contain; defaults are already filled in.
+                if let Some(Fit::Contain(bg)) = fit {
+                    let _ = write!(k, ",bg={}", hex_rgb(bg));
+                }
             }
         }
         k
@@ -276,6 +309,9 @@ impl Variant {
                     format!("size={}x{}", side(r.width), side(r.height)),
                 );
                 push(&mut uri, format!("fit={}", r.fit.as_str()));
+                if let Fit::Contain(bg) = r.fit {
+                    push(&mut uri, format!("bg={}", hex_rgb(bg)));
+                }
             }
             if let Some(f) = t.format {
                 push(&mut uri, format!("format={}", f.as_str()));
@@ -460,6 +496,9 @@ mod tests {
             "size=",
             "size=10x10&size=20x20",
             "size=10x10&fit=crop",
+            "size=10x10&fit=contain&bg=fff",
+            "size=10x10&fit=contain&bg=gggggg",
+            "size=10x10&bg=",
             "format=gif",
             "q=0",
             "q=101",
@@ -507,6 +546,37 @@ mod tests {
     }
 
     #[test]
+    fn contain_carries_its_background_and_only_contain_does() {
+        assert_eq!(
+            key("/image/a", "size=100x50&fit=contain&bg=FF0000"),
+            "v1|1:a|w=100,h=50,fit=contain,f=auto,q=80,bg=ff0000"
+        );
+        // The configured default is filled in, so naming it changes nothing.
+        assert_eq!(
+            key("/image/a", "size=100x50&fit=contain"),
+            key("/image/a", "size=100x50&fit=contain&bg=ffffff")
+        );
+        assert_ne!(
+            key("/image/a", "size=100x50&fit=contain"),
+            key("/image/a", "size=100x50&fit=inside")
+        );
+        // bg without contain, or contain with one side, does not reach the key.
+        assert_eq!(
+            key("/image/a", "size=100x50&bg=000000"),
+            key("/image/a", "size=100x50")
+        );
+        assert_eq!(
+            key("/image/a", "size=100x&fit=contain&bg=000000"),
+            key("/image/a", "size=100x")
+        );
+        let v = parse("/image/a", "size=10x10&fit=contain&bg=0a0b0c").unwrap();
+        assert_eq!(
+            v.transform.unwrap().resize.unwrap().fit,
+            Fit::Contain([10, 11, 12])
+        );
+    }
+
+    #[test]
     fn keys_are_unambiguous() {
         // Ids are length-prefixed, so no id can end where another variant's fields begin.
         assert!(key("/image/ab", "").starts_with("v1|2:ab|"));
@@ -523,8 +593,10 @@ mod tests {
                 (1u32..=4096, 1u32..=4096).prop_map(|(w, h)| format!("size={w}x{h}")),
                 (1u32..=4096).prop_map(|w| format!("size={w}x")),
                 (1u32..=4096).prop_map(|h| format!("size=x{h}")),
-                prop::sample::select(vec!["cover", "inside", "fill"])
+                prop::sample::select(vec!["cover", "inside", "fill", "contain"])
                     .prop_map(|f| format!("fit={f}")),
+                prop::sample::select(vec!["ffffff", "000000", "FFFFFF", "1a2B3c"])
+                    .prop_map(|b| format!("bg={b}")),
                 prop::sample::select(vec!["jpeg", "jpg", "png", "webp"])
                     .prop_map(|f| format!("format={f}")),
                 (1u8..=100).prop_map(|q| format!("q={q}")),

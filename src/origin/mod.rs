@@ -23,7 +23,7 @@ use sha2::{Digest, Sha256};
 use crate::config::{Config, SourceKind};
 use crate::error::{Error, Result};
 use crate::metrics::metrics;
-use crate::variant::{ParseOptions, Variant};
+use crate::variant::{self, ParseOptions, Variant};
 use pool::ResizePool;
 use source::{KeyTemplate, LocalSource, S3Source, Source, SourceError};
 use transform::{TransformLimits, TransformSettings};
@@ -76,6 +76,8 @@ impl Origin {
             settings: TransformSettings {
                 limits: TransformLimits {
                     max_source_pixels: cfg.limits.max_source_pixels,
+                    max_frames: cfg.limits.max_frames,
+                    max_metadata_bytes: cfg.limits.max_metadata_bytes.as_u64(),
                 },
                 background: cfg.transform.background_rgb(),
                 default_quality: cfg.transform.default_quality,
@@ -124,21 +126,35 @@ impl Origin {
         let settings = self.settings;
         match variant.transform {
             None => {
-                // Served as stored, but only if it is an image whose header is within limits:
-                // never pass HTML or an S3 error body through under an image URL.
+                // Served as stored, but only if it is an image whose header is within limits
+                // and whose bytes end where the image ends: never pass HTML, an S3 error body
+                // or a polyglot (image + trailing ZIP/HTML) through under an image URL.
+                // Anything with trailing bytes, or a format without a defined end (TIFF), is
+                // re-encoded at its own size instead.
                 let (mime, body) = self
                     .pool
                     .run(&slot, move || {
                         let format = transform::require_image(&original)?;
                         if format != transform::sniff::SourceFormat::Avif {
-                            transform::decode::check_header(&original, format, &settings.limits)?;
+                            transform::decode::validate(&original, format, &settings.limits)?;
                         }
-                        Ok((format.mime(), original))
+                        let end = transform::container::image_end(&original, format);
+                        if end == Some(original.len()) {
+                            return Ok((format.mime(), Vec::from(original)));
+                        }
+                        tracing::debug!(?end, len = original.len(), "re-encoding an original");
+                        let t = variant::Transform {
+                            resize: None,
+                            format: None,
+                            quality: Some(settings.default_quality),
+                        };
+                        let out = transform::transform(&original, &t, &settings)?;
+                        Ok((out.format.mime(), out.bytes))
                     })
                     .await?;
                 Ok(Rendered {
                     // Reuses the fetched buffer when nothing else holds it (no copy).
-                    body: Vec::from(body),
+                    body,
                     mime,
                 })
             }

@@ -357,6 +357,11 @@ impl Imgedge {
         }
     }
 
+    /// The server's process id (tests watch its memory in /proc).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Whether the process is still running.
     pub fn alive(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))

@@ -1,11 +1,11 @@
-//! Encode pixels as JPEG, PNG or lossy WebP. Nothing from the original (EXIF, ICC, text) is
-//! carried over: outputs are pixels only.
+//! Encode pixels as JPEG (libjpeg-turbo, 4:2:0), PNG (fast compression) or lossy WebP (libwebp).
+//! Nothing from the original (EXIF, ICC, text) is carried over: outputs are pixels only, in sRGB.
 
-use image::codecs::jpeg::JpegEncoder;
 use image::codecs::png::{CompressionType, FilterType, PngEncoder};
 use image::{ExtendedColorType, ImageEncoder};
 
 use super::decode::Pixels;
+use super::jpeg;
 use crate::error::{Error, Result};
 use crate::variant::OutputFormat;
 
@@ -35,9 +35,7 @@ pub fn encode(px: &Pixels, format: OutputFormat, quality: u8) -> Result<Vec<u8>>
             if px.has_alpha {
                 return Err(Error::Internal("jpeg encode needs flattened pixels".into()));
             }
-            JpegEncoder::new_with_quality(&mut out, quality)
-                .write_image(&px.data, px.width, px.height, color)
-                .map_err(fail)?;
+            out = jpeg::encode(&px.data, px.width, px.height, quality)?;
         }
         OutputFormat::Png => {
             PngEncoder::new_with_quality(&mut out, CompressionType::Fast, FilterType::Adaptive)
@@ -70,6 +68,7 @@ mod tests {
             height: 1,
             has_alpha: false,
             data: vec![0; (WEBP_MAX_SIDE as usize + 1) * 3],
+            icc: None,
         };
         assert_eq!(
             encode(&px, OutputFormat::Webp, 80).unwrap_err().status(),

@@ -4,6 +4,7 @@
 //! Rules: the result is never larger than the (upright) original. When the requested box is
 //! larger, `cover` and `fill` shrink the box by one factor until it fits, so the output keeps the
 //! box's shape (a square thumbnail stays square); `inside` keeps the original's shape.
+//! `contain` is `inside` placed centred on a canvas of the (so shrunk) box's size.
 
 use crate::variant::{Fit, Resize};
 
@@ -17,14 +18,50 @@ pub struct Plan {
     pub width: u32,
     /// Output height.
     pub height: u32,
+    /// For `contain`: the padded canvas the resized image is centred on, when it is larger.
+    pub canvas: Option<Canvas>,
+}
+
+/// A padded output: its size and where the resized image goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Canvas {
+    /// Canvas width.
+    pub width: u32,
+    /// Canvas height.
+    pub height: u32,
+    /// Left edge of the image on the canvas.
+    pub left: u32,
+    /// Top edge of the image on the canvas.
+    pub top: u32,
+    /// Padding colour.
+    pub color: [u8; 3],
 }
 
 impl Plan {
-    /// Whether the output is the source, pixel for pixel.
+    /// Whether the resize step is the identity (padding may still follow).
     pub fn is_identity(&self, src_w: u32, src_h: u32) -> bool {
         self.width == src_w
             && self.height == src_h
             && self.crop == (0.0, 0.0, src_w as f64, src_h as f64)
+    }
+
+    /// The same plan for a `src` image decoded at `factor` scale (JPEG IDCT scaling, 1/2..1/8):
+    /// the crop scales by exactly `factor` on both axes, the output does not. The decoder rounds
+    /// a partial last block up to a whole pixel; like libvips, the crop stops at
+    /// `floor(src x factor)` so that sliver never stretches one axis against the other.
+    pub fn scaled(self, factor: f64, src: (u32, u32)) -> Plan {
+        if factor == 1.0 {
+            return self;
+        }
+        let avail = |v: u32| (f64::from(v) * factor).floor().max(1.0);
+        let (aw, ah) = (avail(src.0), avail(src.1));
+        let (l, t, w, h) = self.crop;
+        let (w, h) = ((w * factor).min(aw), (h * factor).min(ah));
+        let (l, t) = ((l * factor).min(aw - w), (t * factor).min(ah - h));
+        Plan {
+            crop: (l.max(0.0), t.max(0.0), w, h),
+            ..self
+        }
     }
 }
 
@@ -41,6 +78,7 @@ pub fn plan(src_w: u32, src_h: u32, resize: Option<Resize>) -> Plan {
             crop: whole,
             width: src_w,
             height: src_h,
+            canvas: None,
         };
     };
     match (r.width, r.height) {
@@ -50,6 +88,7 @@ pub fn plan(src_w: u32, src_h: u32, resize: Option<Resize>) -> Plan {
                 crop: whole,
                 width: ow,
                 height: px(h * ow as f64 / w).min(src_h),
+                canvas: None,
             }
         }
         (None, Some(bh)) => {
@@ -58,6 +97,7 @@ pub fn plan(src_w: u32, src_h: u32, resize: Option<Resize>) -> Plan {
                 crop: whole,
                 width: px(w * oh as f64 / h).min(src_w),
                 height: oh,
+                canvas: None,
             }
         }
         (Some(bw), Some(bh)) => {
@@ -69,6 +109,27 @@ pub fn plan(src_w: u32, src_h: u32, resize: Option<Resize>) -> Plan {
                         crop: whole,
                         width: px(w * s).min(bw).min(src_w),
                         height: px(h * s).min(bh).min(src_h),
+                        canvas: None,
+                    }
+                }
+                Fit::Contain(color) => {
+                    // The canvas is the box, shrunk like cover's so it is never larger than the
+                    // source; the image fits inside it.
+                    let k = (w / bwf).min(h / bhf).min(1.0);
+                    let (cw, ch) = (px(bwf * k).min(src_w), px(bhf * k).min(src_h));
+                    let s = (cw as f64 / w).min(ch as f64 / h);
+                    let (iw, ih) = (px(w * s).min(cw), px(h * s).min(ch));
+                    Plan {
+                        crop: whole,
+                        width: iw,
+                        height: ih,
+                        canvas: ((cw, ch) != (iw, ih)).then_some(Canvas {
+                            width: cw,
+                            height: ch,
+                            left: (cw - iw) / 2,
+                            top: (ch - ih) / 2,
+                            color,
+                        }),
                     }
                 }
                 Fit::Cover | Fit::Fill => {
@@ -91,6 +152,7 @@ pub fn plan(src_w: u32, src_h: u32, resize: Option<Resize>) -> Plan {
                         crop,
                         width: ow,
                         height: oh,
+                        canvas: None,
                     }
                 }
             }
@@ -99,6 +161,7 @@ pub fn plan(src_w: u32, src_h: u32, resize: Option<Resize>) -> Plan {
             crop: whole,
             width: src_w,
             height: src_h,
+            canvas: None,
         },
     }
 }
@@ -182,6 +245,44 @@ mod tests {
             (300, 150)
         );
         assert!(plan(300, 200, None).is_identity(300, 200));
+    }
+
+    #[test]
+    fn contain_pads_to_the_box() {
+        let red = [255, 0, 0];
+        let p = plan(2000, 1000, r(Some(100), Some(100), Fit::Contain(red)));
+        assert_eq!(dims(p), (100, 50));
+        assert_eq!(
+            p.canvas,
+            Some(Canvas {
+                width: 100,
+                height: 100,
+                left: 0,
+                top: 25,
+                color: red
+            })
+        );
+        // Same shape as the source: nothing to pad.
+        let p = plan(2000, 1000, r(Some(200), Some(100), Fit::Contain(red)));
+        assert_eq!((dims(p), p.canvas), ((200, 100), None));
+        // Box larger than the source: shrunk by one factor, never enlarged.
+        let p = plan(300, 200, r(Some(600), Some(600), Fit::Contain(red)));
+        assert_eq!(dims(p), (200, 133));
+        let c = p.canvas.unwrap();
+        assert_eq!((c.width, c.height, c.left, c.top), (200, 200, 0, 33));
+    }
+
+    #[test]
+    fn scaled_plans_keep_the_output_and_scale_the_crop() {
+        let p = plan(2000, 1000, r(Some(100), Some(100), Fit::Cover));
+        let s = p.scaled(0.125, (2000, 1000));
+        assert_eq!(dims(s), (100, 100));
+        assert_eq!(s.crop, (62.5, 0.0, 125.0, 125.0));
+        // 1001 / 8 decodes to 126 px (ceil); the crop keeps the 125 whole ones on both axes.
+        let p = plan(1001, 1001, r(Some(10), Some(10), Fit::Inside));
+        let s = p.scaled(0.125, (1001, 1001));
+        assert_eq!(s.crop, (0.0, 0.0, 125.0, 125.0));
+        assert!(!s.is_identity(126, 126));
     }
 
     #[test]

@@ -3,9 +3,12 @@
 //! Everything here is synchronous and CPU-bound; it runs on the resize pool
 //! ([`crate::origin::pool`]), never on an async thread.
 
+pub mod color;
+pub mod container;
 pub mod decode;
 pub mod encode;
 pub mod geometry;
+pub mod jpeg;
 pub mod resize;
 pub mod sniff;
 
@@ -18,6 +21,20 @@ use sniff::SourceFormat;
 pub struct TransformLimits {
     /// Largest source in pixels (width x height as declared by the header).
     pub max_source_pixels: u64,
+    /// Most animation frames (counted from the container, before decoding).
+    pub max_frames: u32,
+    /// Most inflated metadata (PNG text chunks), in bytes.
+    pub max_metadata_bytes: u64,
+}
+
+impl Default for TransformLimits {
+    fn default() -> Self {
+        TransformLimits {
+            max_source_pixels: 50_000_000,
+            max_frames: 1000,
+            max_metadata_bytes: 1 << 20,
+        }
+    }
 }
 
 /// Settings that shape outputs.
@@ -66,9 +83,16 @@ pub fn transform(bytes: &[u8], t: &Transform, s: &TransformSettings) -> Result<O
     let src_format = require_image(bytes)?;
     let format = t.format.unwrap_or_else(|| auto_format(src_format));
     let quality = t.quality.unwrap_or(s.default_quality);
-    let pixels = decode::decode(bytes, src_format, &s.limits)?;
-    let plan = geometry::plan(pixels.width, pixels.height, t.resize);
+    let decode::Decoded { pixels, plan } = decode::decode(bytes, src_format, &s.limits, t.resize)?;
     let mut pixels = resize::resize(pixels, &plan)?;
+    // Colour management on output-sized pixels: cheap, and close to converting first.
+    if let Some(icc) = pixels.icc.take() {
+        let ch = if pixels.has_alpha { 4 } else { 3 };
+        color::to_srgb(&mut pixels.data, ch, &icc);
+    }
+    if let Some(canvas) = &plan.canvas {
+        pixels = resize::pad(pixels, canvas);
+    }
     if format == OutputFormat::Jpeg {
         pixels = resize::flatten(pixels, s.background);
     }

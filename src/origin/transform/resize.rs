@@ -7,7 +7,7 @@ use fast_image_resize::images::Image;
 use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
 
 use super::decode::Pixels;
-use super::geometry::Plan;
+use super::geometry::{Canvas, Plan};
 use crate::error::{Error, Result};
 
 thread_local! {
@@ -41,7 +41,39 @@ pub fn resize(src: Pixels, plan: &Plan) -> Result<Pixels> {
         height: plan.height,
         has_alpha: src.has_alpha,
         data: dst.into_vec(),
+        icc: src.icc,
     })
+}
+
+/// Centre `px` on an opaque canvas (`fit=contain`). Alpha, if any, is kept: the padding is
+/// opaque, the image's own transparency stays for PNG/WebP output.
+pub fn pad(px: Pixels, c: &Canvas) -> Pixels {
+    let ch = if px.has_alpha { 4 } else { 3 };
+    let mut fill = c.color.to_vec();
+    if px.has_alpha {
+        fill.push(255);
+    }
+    let row = c.width as usize * ch;
+    let mut data: Vec<u8> = fill
+        .iter()
+        .copied()
+        .cycle()
+        .take(row * c.height as usize)
+        .collect();
+    let src_row = px.width as usize * ch;
+    for (y, line) in px.data.chunks_exact(src_row).enumerate() {
+        let at = (c.top as usize + y) * row + c.left as usize * ch;
+        if let Some(dst) = data.get_mut(at..at + src_row) {
+            dst.copy_from_slice(line);
+        }
+    }
+    Pixels {
+        width: c.width,
+        height: c.height,
+        has_alpha: px.has_alpha,
+        data,
+        icc: px.icc,
+    }
 }
 
 /// Composite RGBA onto an opaque background, giving RGB (for formats without alpha).
@@ -62,5 +94,6 @@ pub fn flatten(px: Pixels, bg: [u8; 3]) -> Pixels {
         height: px.height,
         has_alpha: false,
         data: out,
+        icc: px.icc,
     }
 }

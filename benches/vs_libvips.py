@@ -1,0 +1,128 @@
+#!/usr/bin/env python3
+"""libvips' half of the comparison, and the report. Driven by benches/vs_libvips.sh.
+
+  prepare DIR   make the inputs from the repo's corpus (tests/corpus) and DIR/cases.tsv
+  libvips DIR   time libvips (pyvips, VIPS_CONCURRENCY=1, cache off) on every case
+  report DIR    print the table: images per CPU-second, ratio, SSIM(imgedge, libvips)
+
+libvips does what imgproxy/sharp do: thumbnail_buffer (shrink-on-load for JPEG, then a
+Lanczos-class reduce), then save with the same settings imgedge uses: JPEG Q80 4:2:0, WebP
+Q80, PNG at zlib level 1 (imgedge's "fast" level is comparable); metadata stripped.
+"""
+
+import os
+import sys
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+CORPUS = os.path.join(HERE, "..", "tests", "corpus", "valid")
+
+# name, input, imgedge query, libvips target width, output suffix
+CASES = [
+    ("12mp-jpeg-400", "in-12mp.jpg", "size=400x", 400, ".jpg"),
+    ("2mp-jpeg-400", "in-2mp.jpg", "size=400x", 400, ".jpg"),
+    ("2mp-jpeg-1200", "in-2mp.jpg", "size=1200x", 1200, ".jpg"),
+    ("2mp-png-400", "in-2mp.png", "size=400x", 400, ".png"),
+    ("2mp-jpeg-400-webp", "in-2mp.jpg", "size=400x&format=webp", 400, ".webp"),
+    # Not one of the issue's cases: a dense, sharp landscape (more entropy to decode, and
+    # JPEG/WebP noise that lowers any SSIM between two encodes), to show the spread.
+    ("2mp-textured-jpeg-400", "in-2mp-textured.jpg", "size=400x", 400, ".jpg"),
+]
+SAVE = {".jpg": dict(Q=80, subsample_mode="on", keep="none"),
+        ".webp": dict(Q=80, keep="none"),
+        ".png": dict(compression=1, keep="none")}
+EXT = {".jpg": "jpeg", ".webp": "webp", ".png": "png"}
+
+
+def prepare(d):
+    import pyvips
+    os.makedirs(d, exist_ok=True)
+    big = pyvips.Image.new_from_file(os.path.join(CORPUS, "jpeg-large-13.4mp-4224x3168.jpg"))
+    # 12 MP (4000x3000) baseline camera-like JPEG, from a real 13.4 MP photo.
+    big.crop((big.width - 4000) // 2, (big.height - 3000) // 2, 4000, 3000).jpegsave(
+        os.path.join(d, "in-12mp.jpg"), Q=90, subsample_mode="on", keep="none")
+    # 2 MP (1790x1119): a camera photo (Olympus E-M1, the corpus' baseline JPEG) downsized the
+    # way a site's upload pipeline would, saved at Q90 4:2:0.
+    kite = pyvips.Image.new_from_file(os.path.join(CORPUS, "jpeg-baseline-2560x1600.jpg"))
+    two = kite.resize(1790 / kite.width, kernel="lanczos3")
+    two.jpegsave(os.path.join(d, "in-2mp.jpg"), Q=90, subsample_mode="on", keep="none")
+    two.pngsave(os.path.join(d, "in-2mp.png"), compression=6, keep="none")
+    mid = pyvips.Image.new_from_file(os.path.join(CORPUS, "jpeg-progressive-3088x2056.jpg"))
+    tex = mid.resize(1732 / mid.width, kernel="lanczos3")  # 1732x1153
+    tex.jpegsave(os.path.join(d, "in-2mp-textured.jpg"), Q=90, subsample_mode="on", keep="none")
+    with open(os.path.join(d, "cases.tsv"), "w") as f:
+        for name, inp, query, _, _ in CASES:
+            f.write(f"{name}\t{inp}\t{query}\n")
+
+
+def libvips(d, budget):
+    import pyvips
+    pyvips.cache_set_max(0)
+    rows = []
+    for name, inp, _, width, suffix in CASES:
+        data = open(os.path.join(d, inp), "rb").read()
+
+        def once():
+            img = pyvips.Image.thumbnail_buffer(data, width, height=10_000_000, size="down")
+            return img.write_to_buffer(suffix, **SAVE[suffix])
+
+        out = once()
+        once()
+        n, start = 0, time.process_time()
+        while time.process_time() - start < budget or n < 5:
+            once()
+            n += 1
+        per = (time.process_time() - start) / n
+        open(os.path.join(d, f"{name}.libvips.{EXT[suffix]}"), "wb").write(out)
+        print(f"{name:<22} {per * 1e3:8.2f} ms/img  {1 / per:7.1f} img/cpu-s  (libvips)")
+        rows.append(f"{name}\t{per}\t{len(out)}\n")
+    open(os.path.join(d, "libvips.tsv"), "w").write("".join(rows))
+
+
+def ssim(a, b):
+    """Mean SSIM over 7x7 uniform windows on each RGB channel (scikit-image's defaults)."""
+    def box(x):
+        c = np.cumsum(np.cumsum(np.pad(x, ((1, 0), (1, 0))), 0), 1)
+        return (c[7:, 7:] - c[:-7, 7:] - c[7:, :-7] + c[:-7, :-7]) / 49.0
+    c1, c2, k = (0.01 * 255) ** 2, (0.03 * 255) ** 2, 49 / 48
+    vals = []
+    for ch in range(3):
+        x, y = a[..., ch].astype(np.float64), b[..., ch].astype(np.float64)
+        mx, my = box(x), box(y)
+        vx, vy = (box(x * x) - mx * mx) * k, (box(y * y) - my * my) * k
+        cov = (box(x * y) - mx * my) * k
+        s = ((2 * mx * my + c1) * (2 * cov + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
+        vals.append(s.mean())
+    return float(np.mean(vals))
+
+
+def report(d):
+    from PIL import Image
+    mine = {l.split("\t")[0]: l.rstrip("\n").split("\t") for l in open(os.path.join(d, "imgedge.tsv"))}
+    vips = {l.split("\t")[0]: l.rstrip("\n").split("\t") for l in open(os.path.join(d, "libvips.tsv"))}
+    print()
+    print("| case | imgedge img/CPU-s | libvips img/CPU-s | ratio | SSIM imgedge vs libvips "
+          "| SSIM vs reference: imgedge / libvips | bytes imgedge / libvips | size |")
+    print("|---|---:|---:|---:|---:|---:|---:|---|")
+    for name, inp, _, _, suffix in CASES:
+        m, v = mine[name], vips[name]
+        a = np.asarray(Image.open(os.path.join(d, f"{name}.imgedge.{EXT[suffix]}")).convert("RGB"))
+        b = np.asarray(Image.open(os.path.join(d, f"{name}.libvips.{EXT[suffix]}")).convert("RGB"))
+        h, w = min(a.shape[0], b.shape[0]), min(a.shape[1], b.shape[1])
+        s = ssim(a[:h, :w], b[:h, :w])
+        # Quality on an absolute scale: each output against a full-size decode of the input
+        # resized with Pillow's Lanczos, never encoded.
+        ref = np.asarray(Image.open(os.path.join(d, inp)).convert("RGB").resize(
+            (a.shape[1], a.shape[0]), Image.LANCZOS))
+        ra, rb = ssim(a, ref), ssim(b[:a.shape[0], :a.shape[1]], ref[:b.shape[0], :b.shape[1]])
+        rm, rv = 1 / float(m[1]), 1 / float(v[1])
+        print(f"| {name} | {rm:.1f} | {rv:.1f} | {rm / rv:.2f}x | {s:.4f} | {ra:.4f} / {rb:.4f} "
+              f"| {m[2]} / {v[2]} | {m[3]} vs {b.shape[1]}x{b.shape[0]} |")
+
+
+if __name__ == "__main__":
+    cmd, d = sys.argv[1], sys.argv[2]
+    budget = float(os.environ.get("VS_LIBVIPS_SECONDS", "2"))
+    {"prepare": prepare, "libvips": lambda d: libvips(d, budget), "report": report}[cmd](d)

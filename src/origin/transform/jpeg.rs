@@ -1,0 +1,260 @@
+//! JPEG through libjpeg-turbo: strict decoding at reduced scale (1/2, 1/4, 1/8 inside the IDCT)
+//! and 4:2:0 encoding, with one decompressor and one compressor per resize thread.
+//!
+//! The `turbojpeg` crate's safe decompressor cannot stop on warnings, and a truncated or corrupt
+//! JPEG only *warns* in libjpeg (it returns grey-filled or damaged pixels). So decoding goes
+//! through the TurboJPEG 3 C API (`turbojpeg::raw`) with `TJPARAM_STOPONWARNING`, plus the
+//! library's own pixel, memory and progressive-scan limits as a second line behind ours.
+
+use std::cell::RefCell;
+use std::ffi::CStr;
+
+use turbojpeg::raw;
+
+use crate::error::{Error, Result};
+
+/// Scan limit for progressive JPEGs: real encoders write about 10; thousands of scans are a
+/// known CPU exhaustion attack (libjpeg-turbo's own advice is 500).
+const MAX_SCANS: i32 = 500;
+
+/// The colour model of the decoded samples.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JpegColor {
+    /// RGB (from YCbCr, RGB or greyscale JPEGs).
+    Rgb,
+    /// CMYK, as stored (YCCK is converted to CMYK by libjpeg).
+    Cmyk,
+}
+
+/// Header facts needed to plan a decode.
+#[derive(Debug, Clone, Copy)]
+pub struct JpegHeader {
+    /// Stored width.
+    pub width: u32,
+    /// Stored height.
+    pub height: u32,
+    /// What [`Decompressor::decode`] will produce.
+    pub color: JpegColor,
+    /// Lossless JPEGs cannot be scaled in the IDCT.
+    pub lossless: bool,
+}
+
+/// An owned TurboJPEG decompression handle.
+struct Decompressor(raw::tjhandle);
+
+// SAFETY (for the whole impl): the handle is non-null (checked in `new`), used by one thread
+// only (it lives in a thread_local), and every buffer passed to C is sized from the header
+// libjpeg-turbo itself parsed for the same input.
+impl Decompressor {
+    fn new() -> Result<Self> {
+        let h = unsafe { raw::tj3Init(raw::TJINIT_TJINIT_DECOMPRESS as i32) };
+        if h.is_null() {
+            return Err(Error::Internal("cannot create a jpeg decompressor".into()));
+        }
+        Ok(Decompressor(h))
+    }
+
+    fn error(&self) -> Error {
+        let msg = unsafe { CStr::from_ptr(raw::tj3GetErrorStr(self.0)) };
+        Error::unprocessable(format!("undecodable jpeg: {}", msg.to_string_lossy()))
+    }
+
+    fn set(&mut self, param: raw::TJPARAM, value: i32) -> Result<()> {
+        if unsafe { raw::tj3Set(self.0, param as i32, value) } != 0 {
+            return Err(self.error());
+        }
+        Ok(())
+    }
+
+    fn header(&mut self, bytes: &[u8], max_pixels: u64) -> Result<JpegHeader> {
+        self.set(raw::TJPARAM_TJPARAM_STOPONWARNING, 1)?;
+        self.set(raw::TJPARAM_TJPARAM_SCANLIMIT, MAX_SCANS)?;
+        self.set(raw::TJPARAM_TJPARAM_SAVEMARKERS, 0)?;
+        self.set(
+            raw::TJPARAM_TJPARAM_MAXPIXELS,
+            i32::try_from(max_pixels).unwrap_or(i32::MAX),
+        )?;
+        // Progressive coefficient buffers: 2 bytes x 3 components per pixel at most, in MB.
+        let max_mb = (max_pixels.saturating_mul(6) >> 20).saturating_add(16);
+        self.set(
+            raw::TJPARAM_TJPARAM_MAXMEMORY,
+            i32::try_from(max_mb).unwrap_or(i32::MAX),
+        )?;
+        let r = unsafe { raw::tj3DecompressHeader(self.0, bytes.as_ptr(), bytes.len() as _) };
+        if r != 0 {
+            return Err(self.error());
+        }
+        let get = |p: raw::TJPARAM| unsafe { raw::tj3Get(self.0, p as i32) };
+        let (w, h) = (
+            get(raw::TJPARAM_TJPARAM_JPEGWIDTH),
+            get(raw::TJPARAM_TJPARAM_JPEGHEIGHT),
+        );
+        let cs = get(raw::TJPARAM_TJPARAM_COLORSPACE);
+        let lossless = get(raw::TJPARAM_TJPARAM_LOSSLESS) != 0;
+        let (Ok(width), Ok(height)) = (u32::try_from(w), u32::try_from(h)) else {
+            return Err(Error::unprocessable("jpeg: bad dimensions"));
+        };
+        let color = if cs == raw::TJCS_TJCS_CMYK as i32 || cs == raw::TJCS_TJCS_YCCK as i32 {
+            JpegColor::Cmyk
+        } else {
+            JpegColor::Rgb
+        };
+        Ok(JpegHeader {
+            width,
+            height,
+            color,
+            lossless,
+        })
+    }
+
+    /// Decode at `1/denom` scale. `header` must come from [`Self::header`] on the same bytes.
+    fn decode(
+        &mut self,
+        bytes: &[u8],
+        header: &JpegHeader,
+        denom: u32,
+    ) -> Result<(u32, u32, Vec<u8>)> {
+        let denom = if header.lossless { 1 } else { denom };
+        let sf = raw::tjscalingfactor {
+            num: 1,
+            denom: denom as i32,
+        };
+        if unsafe { raw::tj3SetScalingFactor(self.0, sf) } != 0 {
+            return Err(self.error());
+        }
+        // TJSCALED: ceil(dimension * num / denom).
+        let (w, h) = (header.width.div_ceil(denom), header.height.div_ceil(denom));
+        let (pf, channels) = match header.color {
+            JpegColor::Rgb => (raw::TJPF_TJPF_RGB, 3usize),
+            JpegColor::Cmyk => (raw::TJPF_TJPF_CMYK, 4usize),
+        };
+        let pitch = w as usize * channels;
+        let mut buf = vec![0u8; pitch * h as usize];
+        let r = unsafe {
+            raw::tj3Decompress8(
+                self.0,
+                bytes.as_ptr(),
+                bytes.len() as _,
+                buf.as_mut_ptr(),
+                pitch as i32,
+                pf,
+            )
+        };
+        if r != 0 {
+            return Err(self.error());
+        }
+        Ok((w, h, buf))
+    }
+}
+
+impl Drop for Decompressor {
+    fn drop(&mut self) {
+        unsafe { raw::tj3Destroy(self.0) };
+    }
+}
+
+thread_local! {
+    static DECOMPRESSOR: RefCell<Option<Decompressor>> = const { RefCell::new(None) };
+    static COMPRESSOR: RefCell<Option<turbojpeg::Compressor>> = const { RefCell::new(None) };
+}
+
+fn with_decompressor<T>(f: impl FnOnce(&mut Decompressor) -> Result<T>) -> Result<T> {
+    DECOMPRESSOR.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        let d = match slot.as_mut() {
+            Some(d) => d,
+            None => slot.insert(Decompressor::new()?),
+        };
+        f(d)
+    })
+}
+
+/// Read and validate the header (refusing anything over `max_pixels`).
+pub fn header(bytes: &[u8], max_pixels: u64) -> Result<JpegHeader> {
+    with_decompressor(|d| d.header(bytes, max_pixels))
+}
+
+/// Decode strictly at the `1/denom` scale `plan` picks from the header (denom in 1, 2, 4, 8;
+/// `plan` may also refuse): `(header, width, height, samples)`. One header parse serves both.
+pub fn decode(
+    bytes: &[u8],
+    max_pixels: u64,
+    plan: impl FnOnce(&JpegHeader) -> Result<u32>,
+) -> Result<(JpegHeader, u32, u32, Vec<u8>)> {
+    with_decompressor(|d| {
+        let h = d.header(bytes, max_pixels)?;
+        let denom = plan(&h)?;
+        let (w, hh, px) = d.decode(bytes, &h, denom)?;
+        Ok((h, w, hh, px))
+    })
+}
+
+/// The IDCT scale for a total shrink (source pixels per output pixel along the less-shrunk
+/// axis). The margin (shrink ≥ 2 × denom) leaves fast_image_resize enough pixels to filter,
+/// the rule libvips uses, so quality matches a full decode.
+pub fn scale_denom(shrink: f64) -> u32 {
+    if shrink >= 16.0 {
+        8
+    } else if shrink >= 8.0 {
+        4
+    } else if shrink >= 4.0 {
+        2
+    } else {
+        1
+    }
+}
+
+/// Encode RGB8 as baseline JPEG, 4:2:0, at `quality`. No metadata is written.
+pub fn encode(rgb: &[u8], width: u32, height: u32, quality: u8) -> Result<Vec<u8>> {
+    COMPRESSOR.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        let c = match slot.as_mut() {
+            Some(c) => c,
+            None => slot.insert(
+                turbojpeg::Compressor::new()
+                    .map_err(|e| Error::Internal(format!("jpeg compressor: {e}")))?,
+            ),
+        };
+        let fail = |e: turbojpeg::Error| Error::unprocessable(format!("cannot encode jpeg: {e}"));
+        c.set_quality(i32::from(quality)).map_err(fail)?;
+        c.set_subsamp(turbojpeg::Subsamp::Sub2x2).map_err(fail)?;
+        let img = turbojpeg::Image {
+            pixels: rgb,
+            width: width as usize,
+            pitch: width as usize * 3,
+            height: height as usize,
+            format: turbojpeg::PixelFormat::RGB,
+        };
+        c.compress_to_vec(img).map_err(fail)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scale_follows_the_libvips_rule() {
+        assert_eq!(scale_denom(1.0), 1);
+        assert_eq!(scale_denom(3.99), 1);
+        assert_eq!(scale_denom(4.0), 2);
+        assert_eq!(scale_denom(8.0), 4);
+        assert_eq!(scale_denom(15.9), 4);
+        assert_eq!(scale_denom(16.0), 8);
+        assert_eq!(scale_denom(100.0), 8);
+    }
+
+    #[test]
+    fn round_trip_and_truncation_is_an_error() {
+        let (w, h) = (64u32, 48u32);
+        let rgb: Vec<u8> = (0..w * h * 3).map(|i| (i % 251) as u8).collect();
+        let jpeg = encode(&rgb, w, h, 90).unwrap();
+        let (hd, dw, dh, px) = decode(&jpeg, 1 << 20, |_| Ok(2)).unwrap();
+        assert_eq!((hd.width, hd.height, dw, dh), (64, 48, 32, 24));
+        assert_eq!(px.len(), 32 * 24 * 3);
+        let cut = &jpeg[..jpeg.len() * 2 / 3];
+        assert_eq!(decode(cut, 1 << 20, |_| Ok(1)).unwrap_err().status(), 422);
+        // libjpeg-turbo's own pixel limit, behind ours (which checks the header first).
+        assert_eq!(decode(&jpeg, 100, |_| Ok(1)).unwrap_err().status(), 422);
+    }
+}

@@ -1,0 +1,302 @@
+//! The transform engine on every file of the corpus (tests/corpus, a copy of the shared image
+//! corpus with its manifest.tsv), through the same entry point the resize pool calls.
+//!
+//! Valid files are compared with references Pillow computed independently
+//! (tests/corpus/make_refs.py: LittleCMS for ICC, EXIF transpose, Lanczos in premultiplied
+//! alpha) by SSIM and mean difference. Hostile files must be refused with 422, quickly.
+//! tests/hostile.rs repeats the hostile half through the real binary, watching its memory.
+
+mod similarity;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use imgedge::origin::transform::{transform, Output, TransformLimits, TransformSettings};
+use imgedge::variant::{ParseOptions, Variant};
+use similarity::{mean_abs_diff, rgba, ssim};
+
+/// Lowest SSIM and highest mean difference accepted against Pillow's reference. The engines
+/// differ in JPEG IDCT scaling, Lanczos kernels and colour-management rounding; an unmanaged
+/// ICC decode, a missed rotation or a dark alpha fringe is far outside these.
+const MIN_SSIM: f64 = 0.97;
+const MAX_DIFF: f64 = 3.0;
+
+fn corpus(rel: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/corpus")
+        .join(rel)
+}
+
+struct Row {
+    file: String,
+    expected: String,
+    format: String,
+    width: Option<u32>,
+    height: Option<u32>,
+    note: String,
+}
+
+fn manifest() -> Vec<Row> {
+    let text = std::fs::read_to_string(corpus("manifest.tsv")).unwrap();
+    text.lines()
+        .skip(1)
+        .map(|l| {
+            let f: Vec<&str> = l.split('\t').collect();
+            Row {
+                file: f[0].to_string(),
+                expected: f[1].to_string(),
+                format: f[2].to_string(),
+                width: f[3].parse().ok(),
+                height: f[4].parse().ok(),
+                note: f[8].to_string(),
+            }
+        })
+        .collect()
+}
+
+fn settings() -> TransformSettings {
+    TransformSettings {
+        limits: TransformLimits::default(),
+        background: [255, 255, 255],
+        default_quality: 80,
+    }
+}
+
+fn run_with(bytes: &[u8], query: &str, s: &TransformSettings) -> imgedge::error::Result<Output> {
+    let t = Variant::parse("/image/x", Some(query), &ParseOptions::default())
+        .unwrap()
+        .transform
+        .unwrap();
+    transform(bytes, &t, s)
+}
+
+fn run(bytes: &[u8], query: &str) -> imgedge::error::Result<Output> {
+    run_with(bytes, query, &settings())
+}
+
+fn read(rel: &str) -> Vec<u8> {
+    std::fs::read(corpus(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
+}
+
+fn reference(file: &str, suffix: &str) -> image::RgbaImage {
+    let name = file.trim_start_matches("valid/");
+    rgba(&std::fs::read(corpus(&format!("ref/{name}{suffix}"))).unwrap())
+}
+
+#[test]
+fn manifest_lists_every_corpus_file() {
+    let rows = manifest();
+    assert_eq!(rows.len(), 71);
+    for dir in ["valid", "hostile"] {
+        for entry in std::fs::read_dir(corpus(dir)).unwrap() {
+            let name = format!("{dir}/{}", entry.unwrap().file_name().to_string_lossy());
+            assert!(
+                rows.iter().any(|r| r.file == name),
+                "{name} not in manifest"
+            );
+        }
+    }
+}
+
+#[test]
+fn every_valid_file_matches_an_independent_reference() {
+    let mut report = Vec::new();
+    let mut failures = Vec::new();
+    for row in manifest().iter().filter(|r| r.file.starts_with("valid/")) {
+        let bytes = read(&row.file);
+        let result = run(&bytes, "size=256x256&fit=inside&format=png");
+        if row.format == "avif" {
+            // No AV1 decoder in the build (see README): refused cleanly, never guessed at.
+            match result {
+                Err(e) if e.status() == 422 => continue,
+                other => panic!("{}: avif should be 422, got {:?}", row.file, other.err()),
+            }
+        }
+        let out = match result {
+            Ok(o) => o,
+            Err(e) => {
+                failures.push(format!("{}: {e}", row.file));
+                continue;
+            }
+        };
+        let got = rgba(&out.bytes);
+        let want = reference(&row.file, ".png");
+        if got.dimensions() != want.dimensions() {
+            failures.push(format!(
+                "{}: {:?} but the reference is {:?}",
+                row.file,
+                got.dimensions(),
+                want.dimensions()
+            ));
+            continue;
+        }
+        let (s, d) = (ssim(&got, &want), mean_abs_diff(&got, &want));
+        report.push(format!("{:<44} ssim {s:.4} diff {d:.2}", row.file));
+        if s < MIN_SSIM || d > MAX_DIFF {
+            failures.push(format!("{}: ssim {s:.4}, mean diff {d:.2}", row.file));
+        }
+    }
+    println!("{}", report.join("\n"));
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn icc_profiles_are_what_makes_the_colours_match() {
+    for file in [
+        "valid/jpeg-icc-adobergb-1600x1082.jpg",
+        "valid/jpeg-icc-displayp3-1920x1200.jpg",
+    ] {
+        let out = run(&read(file), "size=256x256&fit=inside&format=png").unwrap();
+        let got = rgba(&out.bytes);
+        let managed = reference(file, ".png");
+        let unmanaged = reference(file, ".unmanaged.png");
+        let (ours, without) = (
+            mean_abs_diff(&got, &managed),
+            mean_abs_diff(&unmanaged, &managed),
+        );
+        // The test can fail: skipping the profile lands as far off as Pillow's unmanaged decode.
+        assert!(
+            ours * 3.0 < without,
+            "{file}: diff {ours:.2}, unmanaged would be {without:.2}"
+        );
+    }
+}
+
+#[test]
+fn exif_orientation_gives_upright_sizes_and_outputs_carry_no_metadata() {
+    for (file, upright) in [
+        ("valid/jpeg-exif-orientation-3.jpg", (1680, 1050)),
+        ("valid/jpeg-exif-orientation-6.jpg", (1600, 1000)),
+        ("valid/jpeg-exif-orientation-8.jpg", (1600, 1000)),
+        ("valid/jpeg-baseline-2560x1600.jpg", (2560, 1600)),
+    ] {
+        let src = read(file);
+        for fmt in ["jpeg", "png", "webp"] {
+            let out = run(&src, &format!("size=800x&format={fmt}")).unwrap();
+            let want_h = (800.0 * upright.1 as f64 / upright.0 as f64).round() as u32;
+            let img = image::load_from_memory(&out.bytes).unwrap();
+            assert_eq!((img.width(), img.height()), (800, want_h), "{file} {fmt}");
+            for needle in [
+                &b"Exif"[..],
+                b"ICC_PROFILE",
+                b"iCCP",
+                b"eXIf",
+                b"ICCP",
+                b"XMP",
+            ] {
+                assert!(
+                    !out.bytes.windows(needle.len()).any(|w| w == needle),
+                    "{file} {fmt}: output carries {:?}",
+                    String::from_utf8_lossy(needle)
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn alpha_is_kept_for_png_and_webp_and_flattened_for_jpeg() {
+    let src = read("valid/png-rgba-photo-alpha-512x512.png");
+    for fmt in ["png", "webp"] {
+        let out = run(&src, &format!("size=128x128&format={fmt}")).unwrap();
+        let img = rgba(&out.bytes);
+        assert_eq!(img.get_pixel(0, 0)[3], 0, "{fmt}: transparent corner");
+        assert_eq!(img.get_pixel(64, 64)[3], 255, "{fmt}: opaque centre");
+    }
+    // JPEG: flattened onto the configured background, with no dark fringe where alpha fades.
+    let mut s = settings();
+    s.background = [0, 0, 255];
+    let out = run_with(&src, "size=128x128&format=jpeg", &s).unwrap();
+    let img = image::load_from_memory(&out.bytes).unwrap().to_rgb8();
+    let c = img.get_pixel(1, 1);
+    assert!(
+        c[2] > 230 && c[0] < 30 && c[1] < 30,
+        "corner is the background: {c:?}"
+    );
+    let want = rgba(&run(&src, "size=128x128&format=png").unwrap().bytes);
+    // Premultiplied resize: a half-transparent pixel flattened onto blue is its colour mixed
+    // with blue, never darker than both.
+    for (x, y) in [(20, 20), (30, 25), (108, 108)] {
+        let (p, q) = (img.get_pixel(x, y), want.get_pixel(x, y));
+        let a = f64::from(q[3]) / 255.0;
+        let expect_b = f64::from(q[2]) * a + 255.0 * (1.0 - a);
+        assert!(
+            (f64::from(p[2]) - expect_b).abs() < 24.0,
+            "({x},{y}): {p:?} vs {q:?}"
+        );
+    }
+}
+
+#[test]
+fn contain_pads_to_exactly_the_box_with_the_background() {
+    let src = read("valid/jpeg-baseline-2560x1600.jpg");
+    let out = run(&src, "size=300x300&fit=contain&bg=ff0000&format=png").unwrap();
+    let img = rgba(&out.bytes);
+    assert_eq!(img.dimensions(), (300, 300));
+    // 2560x1600 fits as 300x188, centred: 56 rows of padding above, 56 below.
+    for (x, y) in [(0, 0), (299, 55), (150, 299), (10, 245)] {
+        assert_eq!(img.get_pixel(x, y).0, [255, 0, 0, 255], "({x},{y})");
+    }
+    let inside = run(&src, "size=300x300&fit=inside&format=png").unwrap();
+    let inside = rgba(&inside.bytes);
+    assert_eq!(inside.dimensions(), (300, 188));
+    let middle = image::imageops::crop_imm(&img, 0, 56, 300, 188).to_image();
+    assert!(ssim(&middle, &inside) > 0.999);
+}
+
+#[test]
+fn animations_give_their_first_frame_and_frame_counts_are_limited() {
+    for file in [
+        "valid/gif-animated-320x240.gif",
+        "valid/webp-animated-480x270.webp",
+    ] {
+        let src = read(file);
+        assert!(run(&src, "size=100x").is_ok(), "{file}");
+        let mut s = settings();
+        s.limits.max_frames = 5;
+        let err = run_with(&src, "size=100x", &s).unwrap_err();
+        assert_eq!(err.status(), 422, "{file}");
+        assert!(err.to_string().contains("frames"), "{file}: {err}");
+    }
+}
+
+#[test]
+fn large_jpegs_decode_at_reduced_scale_and_stay_sharp() {
+    // 5312 → 300 is a shrink of ~18: decoded at 1/8 in the IDCT, then Lanczos. The reference
+    // is a full-size decode with Pillow, so any softness or misplaced crop shows.
+    let file = "valid/jpeg-large-15.9mp-5312x2988.jpg";
+    let out = run(&read(file), "size=256x256&fit=inside&format=png").unwrap();
+    let s = ssim(&rgba(&out.bytes), &reference(file, ".png"));
+    assert!(s > 0.97, "{s}");
+    // Cover crops the centre at reduced scale too.
+    let out = run(&read(file), "size=200x200&format=png").unwrap();
+    assert_eq!((out.width, out.height), (200, 200));
+}
+
+#[test]
+fn every_hostile_file_is_refused_quickly_or_reencoded() {
+    for row in manifest().iter().filter(|r| r.file.starts_with("hostile/")) {
+        let bytes = read(&row.file);
+        for q in ["size=200x200", "format=png"] {
+            let t = Instant::now();
+            let result = run(&bytes, q);
+            let took = t.elapsed();
+            assert!(took < Duration::from_secs(1), "{} {q}: {took:?}", row.file);
+            match row.expected.as_str() {
+                "reject" => {
+                    let err = result
+                        .err()
+                        .unwrap_or_else(|| panic!("{} {q} was accepted ({})", row.file, row.note));
+                    assert_eq!(err.status(), 422, "{}: {err}", row.file);
+                }
+                _ => {
+                    let out = result.unwrap_or_else(|e| panic!("{}: {e}", row.file));
+                    assert!(!out.bytes.windows(4).any(|w| w == b"PK\x03\x04"));
+                    let (w, h) = (row.width.unwrap(), row.height.unwrap());
+                    let img = image::load_from_memory(&out.bytes).unwrap();
+                    assert!(img.width() <= w && img.height() <= h, "{}", row.file);
+                }
+            }
+        }
+    }
+}
