@@ -81,6 +81,7 @@ fn main() {
     let opts = ParseOptions {
         max_dimension: 4096,
         default_quality: 80,
+        ..ParseOptions::default()
     };
     // The User-Agent is generated (it is in the trace) but never reaches the key.
     let mut trace = Vec::with_capacity(requests);

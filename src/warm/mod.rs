@@ -186,6 +186,8 @@ async fn warm(args: WarmArgs) -> Result<Report, WarmError> {
     let mut planner = Planner::new(ParseOptions {
         max_dimension: args.max_dimension,
         default_quality: args.default_quality,
+        // fit=contain without bg= keys on the server's transform.background; the default here.
+        ..ParseOptions::default()
     });
     let flush = |planner: &mut Planner, tx: &Option<mpsc::UnboundedSender<Item>>| {
         let batch = planner.take();
