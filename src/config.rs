@@ -702,6 +702,10 @@ mod tests {
     fn invalid_values_are_named() {
         assert!(err("origin:\n  source: s3\n").starts_with("origin.s3.bucket:"));
         assert!(err("transform:\n  background: white\n").starts_with("transform.background:"));
+        assert!(err("limits:\n  max_frames: 0\n").starts_with("limits.max_frames:"));
+        assert!(
+            err("limits:\n  max_metadata_bytes: lots\n").starts_with("limits.max_metadata_bytes:")
+        );
         assert!(err("origin:\n  local:\n    root: /nonexistent/dir\n")
             .starts_with("origin.local.root:"));
         assert!(err("cache:\n  lock_wait_timeout: 1s\n").starts_with("cache.lock_wait_timeout:"));

@@ -60,29 +60,11 @@ fn decode_error(e: image::ImageError) -> Error {
     }
 }
 
-/// Read the header only and check the declared size against the pixel limit. Used for originals
-/// served as they are, so a bomb is refused even when nothing is decoded.
-pub fn check_header(
-    bytes: &[u8],
-    format: SourceFormat,
-    limits: &TransformLimits,
-) -> Result<(u32, u32)> {
-    container::check(bytes, format, limits.max_frames, limits.max_metadata_bytes)?;
-    let (w, h) = if format == SourceFormat::Jpeg {
-        let h = jpeg::header(bytes, limits.max_source_pixels)?;
-        (h.width, h.height)
-    } else {
-        open(bytes, format, limits)?.dimensions()
-    };
-    check_pixels(w, h, limits)?;
-    Ok((w, h))
-}
-
-/// Check an original that is about to be served as stored: header within limits and every
-/// pixel decodable (a corrupt scan or a bad CRC is refused, not passed on to browsers). JPEGs
-/// are decoded at 1/8 scale, which still entropy-decodes every block.
+/// Check an original that is about to be served as stored: container and header within limits
+/// (checked before any pixel is allocated, as for every decode) and every pixel decodable (a
+/// corrupt scan or a bad CRC is refused, not passed on to browsers). JPEGs are decoded at 1/8
+/// scale, which still entropy-decodes every block.
 pub fn validate(bytes: &[u8], format: SourceFormat, limits: &TransformLimits) -> Result<()> {
-    check_header(bytes, format, limits)?;
     let tiny = Resize {
         width: Some(1),
         height: Some(1),

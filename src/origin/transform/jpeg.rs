@@ -169,11 +169,6 @@ fn with_decompressor<T>(f: impl FnOnce(&mut Decompressor) -> Result<T>) -> Resul
     })
 }
 
-/// Read and validate the header (refusing anything over `max_pixels`).
-pub fn header(bytes: &[u8], max_pixels: u64) -> Result<JpegHeader> {
-    with_decompressor(|d| d.header(bytes, max_pixels))
-}
-
 /// Decode strictly at the `1/denom` scale `plan` picks from the header (denom in 1, 2, 4, 8;
 /// `plan` may also refuse): `(header, width, height, samples)`. One header parse serves both.
 pub fn decode(
