@@ -4,8 +4,6 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
-
 use common::*;
 
 const KITE: &str = "3972b16287e5kite.jpg";
@@ -20,18 +18,6 @@ fn x_cache(r: &reqwest::Response) -> String {
 
 fn mirror_yaml(target: &str, extra: &str) -> String {
     format!("mirror:\n  target: {target}\n  sample: 1.0\n{extra}")
-}
-
-async fn eventually<F, Fut>(what: &str, mut f: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !f().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

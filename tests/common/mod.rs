@@ -375,6 +375,19 @@ impl Drop for Imgedge {
     }
 }
 
+/// Wait for a condition (a liveness bound of 30 s, not a speed assertion).
+pub async fn eventually<F, Fut>(what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !f().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Decode an image response body and return its dimensions and format.
 pub fn dims(bytes: &[u8]) -> (u32, u32, image::ImageFormat) {
     let fmt = image::guess_format(bytes).expect("an image");
