@@ -35,11 +35,29 @@ pub struct EdgeStorage {
     max_object: u64,
 }
 
+const TIERS: [&str; 2] = ["memory", "disk"];
+const RESULTS: [&str; 3] = ["hit", "stale", "miss"];
+
+// Every lookup counts once; resolving the label pair each time would put a map lookup and a
+// lock on every hit, so the six counters are resolved once.
+static LOOKUPS: once_cell::sync::Lazy<Vec<prometheus::IntCounter>> =
+    once_cell::sync::Lazy::new(|| {
+        TIERS
+            .iter()
+            .flat_map(|t| {
+                RESULTS
+                    .iter()
+                    .map(move |r| metrics().cache_lookups.with_label_values(&[t, r]))
+            })
+            .collect()
+    });
+
 fn count_lookup(tier: &str, result: &str) {
-    metrics()
-        .cache_lookups
-        .with_label_values(&[tier, result])
-        .inc();
+    let t = TIERS.iter().position(|x| *x == tier).unwrap_or(0);
+    let r = RESULTS.iter().position(|x| *x == result).unwrap_or(2);
+    if let Some(c) = LOOKUPS.get(t * RESULTS.len() + r) {
+        c.inc();
+    }
 }
 
 fn freshness(meta: &CacheMeta) -> &'static str {
