@@ -1,12 +1,24 @@
 #!/usr/bin/env bash
-# Make a development CA and a localhost certificate signed by it (needs openssl).
+# Make a development CA and two server certificates signed by it (needs the openssl CLI):
+#   dev.pem / dev.key      localhost, 127.0.0.1 (the default certificate)
+#   alt.pem / alt.key      images.example.test, *.cdn.example.test (to try SNI selection)
+#   dev-ca.pem             the CA, for clients: curl --cacert dev-ca.pem ...
+# Usage: bash certs/make-dev-cert.sh [OUT_DIR]     (default: this folder; files are git-ignored)
 set -euo pipefail
-cd "$(dirname "$0")"
+out="${1:-$(dirname "$0")}"
+mkdir -p "$out"
+cd "$out"
 openssl req -x509 -newkey rsa:2048 -nodes -days 30 -subj "/CN=imgedge dev CA" \
+  -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" \
   -keyout dev-ca.key -out dev-ca.pem 2>/dev/null
-openssl req -newkey rsa:2048 -nodes -subj "/CN=localhost" -keyout dev.key -out dev.csr 2>/dev/null
-printf "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n" > dev.ext
-openssl x509 -req -in dev.csr -CA dev-ca.pem -CAkey dev-ca.key -CAcreateserial -days 30 \
-  -extfile dev.ext -out dev.pem 2>/dev/null
-rm -f dev.csr dev.ext dev-ca.srl
-echo "wrote $(pwd)/dev-ca.pem dev.pem dev.key"
+leaf() { # name, subject CN, subjectAltName
+  openssl req -newkey rsa:2048 -nodes -subj "/CN=$2" -keyout "$1.key" -out "$1.csr" 2>/dev/null
+  printf "subjectAltName=%s\nextendedKeyUsage=serverAuth\nbasicConstraints=CA:FALSE\n" "$3" > "$1.ext"
+  openssl x509 -req -in "$1.csr" -CA dev-ca.pem -CAkey dev-ca.key -CAcreateserial -days 30 \
+    -extfile "$1.ext" -out "$1.pem" 2>/dev/null
+  rm -f "$1.csr" "$1.ext"
+}
+leaf dev localhost "DNS:localhost,IP:127.0.0.1"
+leaf alt images.example.test "DNS:images.example.test,DNS:*.cdn.example.test"
+rm -f dev-ca.srl
+echo "wrote $(pwd)/dev-ca.pem dev.pem dev.key alt.pem alt.key"

@@ -1,7 +1,9 @@
 //! The admin listener: health, metrics and purge. It has its own port, bound to loopback by
 //! default, and never shares the public listener.
 //!
-//! - `GET /healthz`: the process is up.
+//! - `GET /healthz`: the process is up (liveness).
+//! - `GET /readyz`: ready for traffic: the cache is loaded (it is, before any listener opens),
+//!   the origin service answers on its socket and its source (bucket, directory) is reachable.
 //! - `GET /metrics`: Prometheus text.
 //! - `POST /purge/image/{id}`: every cached variant of an id (recorded in the purge log; no scan).
 //! - `POST /purge/url/image/{id}?size=...`: the one variant that public URL names.
@@ -15,6 +17,7 @@ use pingora_cache::key::CacheHashKey;
 use pingora_core::apps::http_app::ServeHttp;
 use pingora_core::protocols::http::ServerSession;
 use subtle::ConstantTimeEq;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::cache::Cache;
 use crate::config::Config;
@@ -24,6 +27,7 @@ use crate::variant::{ParseOptions, Variant};
 /// The admin HTTP app.
 pub struct AdminApp {
     cache: Cache,
+    origin_socket: std::path::PathBuf,
     parse: ParseOptions,
     purge_token: String,
 }
@@ -52,6 +56,7 @@ impl AdminApp {
     pub fn new(cfg: &Config, cache: Cache) -> AdminApp {
         AdminApp {
             cache,
+            origin_socket: cfg.origin.socket.clone(),
             parse: cfg.parse_options(),
             purge_token: cfg.admin.purge_token.clone(),
         }
@@ -80,6 +85,40 @@ impl AdminApp {
                 "bad or missing bearer token",
             ))
         }
+    }
+
+    /// Ask the origin service for its source's readiness over its own socket.
+    async fn ready(&self) -> Response<Vec<u8>> {
+        let probe = async {
+            let mut s = tokio::net::UnixStream::connect(&self.origin_socket).await?;
+            let req = format!(
+                "GET {} HTTP/1.1\r\nHost: origin\r\nConnection: close\r\n\r\n",
+                crate::origin::PROBE_PATH
+            );
+            s.write_all(req.as_bytes()).await?;
+            let mut resp = Vec::new();
+            s.take(4096).read_to_end(&mut resp).await?;
+            Ok::<_, std::io::Error>(resp)
+        };
+        let resp = match tokio::time::timeout(std::time::Duration::from_secs(3), probe).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => {
+                return plain(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &format!("origin service: {e}"),
+                )
+            }
+            Err(_) => return plain(StatusCode::SERVICE_UNAVAILABLE, "origin service: timeout"),
+        };
+        let text = String::from_utf8_lossy(&resp);
+        if text.starts_with("HTTP/1.1 200") {
+            return plain(StatusCode::OK, "ready");
+        }
+        let reason = text.split("\r\n\r\n").nth(1).unwrap_or("no answer").trim();
+        plain(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &format!("not ready: {reason}"),
+        )
     }
 
     async fn purge(&self, session: &ServerSession) -> Response<Vec<u8>> {
@@ -159,6 +198,7 @@ impl ServeHttp for AdminApp {
         }
         match path {
             "/healthz" => plain(StatusCode::OK, "ok"),
+            "/readyz" => self.ready().await,
             "/metrics" => {
                 self.cache.storage.update_gauges();
                 text(

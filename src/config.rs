@@ -33,6 +33,14 @@ pub enum ConfigError {
         /// What is wrong.
         message: String,
     },
+    /// A certificate or key file named by the key is unusable.
+    #[error("{key}: {message}")]
+    Certificate {
+        /// Dotted path of the key, e.g. `edge.tls.certificates[0].cert`.
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
     /// A value is out of range or inconsistent with another.
     #[error("{key}: {message}")]
     Invalid {
@@ -70,6 +78,8 @@ pub struct Config {
     pub cache: CacheConfig,
     /// Mirroring a sample of live requests to another node (off by default).
     pub mirror: MirrorConfig,
+    /// Signed URLs, size policy, miss rate limit.
+    pub policy: PolicyConfig,
 }
 
 /// Process-wide settings (mapped onto Pingora's `ServerConf`).
@@ -88,6 +98,8 @@ pub struct ServerConfig {
     /// How long in-flight requests get to finish at shutdown.
     #[serde(with = "humantime_serde")]
     pub graceful_shutdown_timeout: Duration,
+    /// Where standard error goes in daemon mode (`serve -d`); empty: discarded.
+    pub error_log: PathBuf,
 }
 
 impl Default for ServerConfig {
@@ -98,24 +110,136 @@ impl Default for ServerConfig {
             upgrade_sock: "/tmp/imgedge_upgrade.sock".into(),
             grace_period: Duration::from_secs(30),
             graceful_shutdown_timeout: Duration::from_secs(10),
+            error_log: PathBuf::new(),
         }
     }
 }
 
-/// The public HTTP listener.
+/// The public listeners and how they treat clients.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EdgeConfig {
-    /// Addresses to listen on (plain HTTP).
+    /// Plain-HTTP addresses (may be empty when `edge.tls.listen` is set).
     pub listen: Vec<SocketAddr>,
+    /// TLS listeners and their certificates.
+    pub tls: TlsConfig,
+    /// One line per request.
+    pub access_log: AccessLogConfig,
+    /// A client must send a whole request header within this long (slowloris guard).
+    #[serde(with = "humantime_serde")]
+    pub header_timeout: Duration,
+    /// An idle keep-alive connection is closed after this long.
+    #[serde(with = "humantime_serde")]
+    pub keepalive_timeout: Duration,
+    /// Requests served on one connection before it is closed (0: no limit).
+    pub keepalive_requests: u32,
+    /// One write to a client may take at most this long (slow readers cannot hold a response).
+    #[serde(with = "humantime_serde")]
+    pub write_timeout: Duration,
+    /// Longest request target (path and query) accepted; longer → 414.
+    pub max_uri_bytes: usize,
+    /// Most bytes of request header fields accepted; more → 431.
+    pub max_header_bytes: usize,
 }
 
 impl Default for EdgeConfig {
     fn default() -> Self {
         EdgeConfig {
             listen: vec![SocketAddr::from(([127, 0, 0, 1], 8080))],
+            tls: TlsConfig::default(),
+            access_log: AccessLogConfig::default(),
+            header_timeout: Duration::from_secs(10),
+            keepalive_timeout: Duration::from_secs(60),
+            keepalive_requests: 1000,
+            write_timeout: Duration::from_secs(30),
+            max_uri_bytes: 2048,
+            max_header_bytes: 16 * 1024,
         }
     }
+}
+
+/// TLS listeners. Certificates are chosen by SNI from the names in each certificate; the
+/// first one also answers clients that send no name or an unknown one.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// TLS addresses, e.g. `0.0.0.0:443`.
+    pub listen: Vec<SocketAddr>,
+    /// Certificate chains and keys (PEM).
+    pub certificates: Vec<CertificateConfig>,
+    /// Offer HTTP/2 over ALPN (HTTP/1.1 always stays available).
+    pub h2: bool,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        TlsConfig {
+            listen: Vec::new(),
+            certificates: Vec::new(),
+            h2: true,
+        }
+    }
+}
+
+/// One certificate chain and its private key.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateConfig {
+    /// PEM file: the leaf certificate first, then intermediates.
+    pub cert: PathBuf,
+    /// PEM file: the private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+}
+
+/// Access-log line format.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum AccessLogFormat {
+    /// One JSON object per line.
+    Json,
+    /// NCSA combined, with imgedge's fields appended as `key=value`.
+    Combined,
+    /// No access log.
+    Off,
+}
+
+/// The access log.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AccessLogConfig {
+    /// `json`, `combined` or `off`.
+    pub format: AccessLogFormat,
+    /// File appended to (absolute); empty writes to standard output.
+    pub path: PathBuf,
+    /// Lines waiting for the writer thread; when full, lines are dropped and counted.
+    pub queue: usize,
+}
+
+impl Default for AccessLogConfig {
+    fn default() -> Self {
+        AccessLogConfig {
+            format: AccessLogFormat::Json,
+            path: PathBuf::new(),
+            queue: 16384,
+        }
+    }
+}
+
+/// What requests are allowed: signed URLs, size policy and the miss rate limit.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct PolicyConfig {
+    /// HMAC-SHA256 keys for signed URLs; the first signs, any verifies. Empty: URLs are not signed.
+    pub signing_keys: Vec<String>,
+    /// Allowed output boxes (`WxH`, `Wx`, `xH`, in output pixels); empty allows any size.
+    pub sizes: Vec<String>,
+    /// Widths (and heights) requested sizes are rounded up to; empty keeps sizes as asked.
+    pub size_ladder: Vec<u32>,
+    /// Misses one client IP may cause per second (hits are never counted); 0 = no limit.
+    pub misses_per_ip: u32,
+    /// Header holding the client IP as set by a trusted load balancer (its last entry is
+    /// used), e.g. `x-forwarded-for`; empty uses the connection's address.
+    pub client_ip_header: String,
 }
 
 /// The admin listener: health and metrics, never exposed publicly.
@@ -509,6 +633,13 @@ impl Config {
 
     /// Make relative paths absolute now: daemon mode changes the working directory to `/`.
     fn resolve_paths(&mut self) -> Result<(), ConfigError> {
+        // Relative certificate paths are from the working directory at start-up.
+        if let Ok(cwd) = std::env::current_dir() {
+            for c in &mut self.edge.tls.certificates {
+                c.cert = cwd.join(&c.cert);
+                c.key = cwd.join(&c.key);
+            }
+        }
         if self.origin.source == SourceKind::Local {
             self.origin.local.root = self.origin.local.root.canonicalize().map_err(|e| {
                 invalid(
@@ -531,15 +662,11 @@ impl Config {
         if !self.server.upgrade_sock.is_absolute() {
             return Err(invalid("server.upgrade_sock", "must be an absolute path"));
         }
-        if self.edge.listen.is_empty() {
-            return Err(invalid("edge.listen", "needs at least one address"));
+        if !self.server.error_log.as_os_str().is_empty() && !self.server.error_log.is_absolute() {
+            return Err(invalid("server.error_log", "must be an absolute path"));
         }
-        if self.edge.listen.contains(&self.admin.listen) {
-            return Err(invalid(
-                "admin.listen",
-                "must differ from every edge.listen address",
-            ));
-        }
+        self.validate_edge()?;
+        self.validate_policy()?;
         if !self.origin.socket.is_absolute() {
             return Err(invalid("origin.socket", "must be an absolute path"));
         }
@@ -669,6 +796,95 @@ impl Config {
                     format!("must exceed origin.fetch_timeout ({worst_miss:?}) plus resize time"),
                 ));
             }
+        }
+        Ok(())
+    }
+
+    fn validate_edge(&self) -> Result<(), ConfigError> {
+        let edge = &self.edge;
+        if edge.listen.is_empty() && edge.tls.listen.is_empty() {
+            return Err(invalid(
+                "edge.listen",
+                "needs at least one address (or set edge.tls.listen)",
+            ));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for addr in edge.listen.iter().chain(&edge.tls.listen) {
+            if !seen.insert(*addr) {
+                return Err(invalid(
+                    "edge.tls.listen",
+                    format!("{addr} is listed twice (edge.listen and edge.tls.listen)"),
+                ));
+            }
+        }
+        if seen.contains(&self.admin.listen) {
+            return Err(invalid(
+                "admin.listen",
+                "must differ from every edge.listen and edge.tls.listen address",
+            ));
+        }
+        if !edge.tls.listen.is_empty() && edge.tls.certificates.is_empty() {
+            return Err(invalid(
+                "edge.tls.certificates",
+                "needs at least one cert/key pair when edge.tls.listen is set",
+            ));
+        }
+        for (key, t) in [
+            ("edge.header_timeout", edge.header_timeout),
+            ("edge.keepalive_timeout", edge.keepalive_timeout),
+            ("edge.write_timeout", edge.write_timeout),
+        ] {
+            if t.is_zero() {
+                return Err(invalid(key, "must be positive"));
+            }
+        }
+        if edge.max_uri_bytes < 64 {
+            return Err(invalid("edge.max_uri_bytes", "must be at least 64"));
+        }
+        if edge.max_header_bytes < 1024 {
+            return Err(invalid("edge.max_header_bytes", "must be at least 1024"));
+        }
+        let log = &edge.access_log;
+        if !log.path.as_os_str().is_empty() && !log.path.is_absolute() {
+            return Err(invalid("edge.access_log.path", "must be an absolute path"));
+        }
+        if log.queue == 0 {
+            return Err(invalid("edge.access_log.queue", "must be at least 1"));
+        }
+        Ok(())
+    }
+
+    fn validate_policy(&self) -> Result<(), ConfigError> {
+        let p = &self.policy;
+        if p.signing_keys.iter().any(|k| k.len() < 32) {
+            return Err(invalid(
+                "policy.signing_keys",
+                "every key must be at least 32 characters",
+            ));
+        }
+        for s in &p.sizes {
+            crate::policy::sizes::parse_box(s, self.limits.max_dimension)
+                .map_err(|m| invalid("policy.sizes", format!("{s:?}: {m}")))?;
+        }
+        if !p.sizes.is_empty() && !p.size_ladder.is_empty() {
+            return Err(invalid(
+                "policy.size_ladder",
+                "use either policy.sizes (an allow-list) or a ladder, not both",
+            ));
+        }
+        if p.size_ladder.windows(2).any(|w| w[0] >= w[1])
+            || p.size_ladder.first() == Some(&0)
+            || p.size_ladder.last() > Some(&self.limits.max_dimension)
+        {
+            return Err(invalid(
+                "policy.size_ladder",
+                "must be strictly increasing steps in 1..=limits.max_dimension",
+            ));
+        }
+        if !p.client_ip_header.is_empty()
+            && http::HeaderName::from_bytes(p.client_ip_header.as_bytes()).is_err()
+        {
+            return Err(invalid("policy.client_ip_header", "is not a header name"));
         }
         Ok(())
     }

@@ -19,6 +19,21 @@ pub enum Error {
     /// A method other than GET or HEAD.
     #[error("method not allowed")]
     MethodNotAllowed,
+    /// The request is refused by policy (bad or missing URL signature).
+    #[error("forbidden: {0}")]
+    Forbidden(&'static str),
+    /// The request target is longer than `edge.max_uri_bytes`.
+    #[error("request URI too long")]
+    UriTooLong,
+    /// The request's header fields exceed `edge.max_header_bytes`.
+    #[error("request header fields too large")]
+    HeadersTooLarge,
+    /// The client spent its miss budget; retry after the given delay.
+    #[error("too many requests for uncached images")]
+    TooManyRequests {
+        /// How long the client should wait before retrying.
+        retry_after: Duration,
+    },
     /// The original does not exist at the source.
     #[error("no such image")]
     NotFound,
@@ -49,6 +64,10 @@ impl Error {
             Error::BadRequest(_) => 400,
             Error::NoRoute | Error::NotFound => 404,
             Error::MethodNotAllowed => 405,
+            Error::Forbidden(_) => 403,
+            Error::UriTooLong => 414,
+            Error::HeadersTooLarge => 431,
+            Error::TooManyRequests { .. } => 429,
             Error::Unprocessable(_) => 422,
             Error::Upstream(_) => 502,
             Error::Busy { .. } => 503,
@@ -98,6 +117,15 @@ mod tests {
             (Error::NoRoute, 404),
             (Error::NotFound, 404),
             (Error::MethodNotAllowed, 405),
+            (Error::Forbidden("x"), 403),
+            (Error::UriTooLong, 414),
+            (Error::HeadersTooLarge, 431),
+            (
+                Error::TooManyRequests {
+                    retry_after: Duration::from_secs(1),
+                },
+                429,
+            ),
             (Error::unprocessable("x"), 422),
             (Error::Upstream("x".into()), 502),
             (

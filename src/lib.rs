@@ -15,6 +15,7 @@ pub mod error;
 pub mod metrics;
 pub mod mirror;
 pub mod origin;
+pub mod policy;
 pub mod server;
 pub mod variant;
 pub mod warm;

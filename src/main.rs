@@ -1,4 +1,4 @@
-//! The `imgedge` binary: `serve` (the default), `check` and `warm`.
+//! The `imgedge` binary: `serve` (the default), `check`, `sign` and `warm`.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -33,11 +33,19 @@ enum Command {
         #[arg(short, long)]
         daemon: bool,
     },
-    /// Validate a config file and exit non-zero, naming the key, if it is wrong.
+    /// Validate a config file and its certificates; exit 2, naming the key, if one is wrong.
     Check {
         /// Config file (YAML).
         #[arg(short, long)]
         config: PathBuf,
+    },
+    /// Print a URL signed with the config's first `policy.signing_keys` entry.
+    Sign {
+        /// Config file (YAML).
+        #[arg(short, long)]
+        config: PathBuf,
+        /// The URL (`https://host/image/{id}?...`) or path (`/image/{id}?...`) to sign.
+        url: String,
     },
     /// Warm a node's cache from access logs: most requested variants first, rate-limited.
     Warm(imgedge::warm::WarmArgs),
@@ -55,7 +63,76 @@ fn load(path: Option<&Path>) -> Result<Config, String> {
 /// write to the edge failing whenever a client hangs up mid-miss, which the edge already counts.
 const DEFAULT_LOG: &str = "info,pingora_cache::meta=error,pingora_core::apps::http_app=off";
 
+/// `imgedge check`: the config, then every certificate (readable, key matches, in validity).
+fn check(path: &Path) -> ExitCode {
+    let cfg = match load(Some(path)) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("config error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match imgedge::edge::tls::load(&cfg.edge.tls) {
+        Ok(certs) => {
+            for (i, c) in certs.map(|(_, c)| c).unwrap_or_default().iter().enumerate() {
+                let left = c
+                    .not_after
+                    .duration_since(std::time::SystemTime::now())
+                    .unwrap_or_default();
+                println!(
+                    "edge.tls.certificates[{i}]: {} (expires in {} days)",
+                    c.names.join(", "),
+                    left.as_secs() / 86400
+                );
+            }
+            println!("{}: ok", path.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("config error: {}: {e}", path.display());
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// `imgedge sign`: the URL with `sig` for the variant it names (any previous `sig` replaced).
+fn sign(cfg: &Config, url: &str) -> Result<String, String> {
+    use imgedge::policy::signing::{self, Signer};
+    let signer = Signer::new(&cfg.policy.signing_keys)
+        .ok_or("policy.signing_keys is empty: nothing to sign with")?;
+    let path_start = match url.find("://") {
+        Some(i) => url[i + 3..]
+            .find('/')
+            .map(|j| i + 3 + j)
+            .ok_or("the URL has no path")?,
+        None => 0,
+    };
+    let (origin, target) = url.split_at(path_start);
+    let (path, query) = match target.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (target, None),
+    };
+    let variant = imgedge::variant::Variant::parse(path, query, &cfg.parse_options())
+        .map_err(|e| e.to_string())?;
+    let kept: Vec<&str> = query
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty() && p.split('=').next() != Some(signing::PARAM))
+        .collect();
+    let unsigned = if kept.is_empty() {
+        format!("{origin}{path}")
+    } else {
+        format!("{origin}{path}?{}", kept.join("&"))
+    };
+    Ok(signing::append(
+        &unsigned,
+        &signer.sign(&variant.canonical_uri()),
+    ))
+}
+
 fn main() -> ExitCode {
+    // One TLS crypto provider (ring) for the process: the listeners' and HTTP clients' (warm).
+    pingora_rustls::install_default_crypto_provider();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -66,14 +143,16 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let (config, run) = match cli.command {
-        Some(Command::Check { config }) => {
-            return match load(Some(&config)) {
-                Ok(_) => {
-                    println!("{}: ok", config.display());
+        Some(Command::Check { config }) => return check(&config),
+        Some(Command::Sign { config, url }) => {
+            let signed = load(Some(&config)).and_then(|cfg| sign(&cfg, &url));
+            return match signed {
+                Ok(u) => {
+                    println!("{u}");
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
-                    eprintln!("config error: {e}");
+                    eprintln!("sign: {e}");
                     ExitCode::from(2)
                 }
             };

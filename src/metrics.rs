@@ -3,7 +3,9 @@
 //! Names follow Prometheus conventions (`imgedge_` prefix, `_total` counters, base units).
 
 use once_cell::sync::Lazy;
-use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use prometheus::{
+    HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
 
 /// Every metric imgedge exports.
 pub struct Metrics {
@@ -39,6 +41,18 @@ pub struct Metrics {
     pub cache_bytes: IntGaugeVec,
     /// Objects stored per tier (set when scraped).
     pub cache_objects: IntGaugeVec,
+    /// Edge request duration, from the request header to the last body byte, by cache status.
+    pub request_duration: HistogramVec,
+    /// Source fetch duration (retries included) by source kind and result.
+    pub fetch_duration: HistogramVec,
+    /// Decode + resize + encode time by output format.
+    pub resize_duration: HistogramVec,
+    /// Misses refused with 429 because the client spent its miss budget.
+    pub rate_limited: IntCounter,
+    /// Connections closed because a request header did not arrive within `edge.header_timeout`.
+    pub client_timeouts: IntCounter,
+    /// Access-log lines dropped because the writer fell behind.
+    pub access_log_dropped: IntCounter,
     /// Mirror mode, by result: `queued`, `dropped` (queue full), `ok`, `error` (target failed).
     pub mirror: IntCounterVec,
 }
@@ -55,6 +69,18 @@ fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeV
     r.register(Box::new(g.clone()))
         .expect("metric registered once");
     g
+}
+
+fn histogram_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> HistogramVec {
+    // 1 ms to 10 s: hits sit in the first buckets, misses (fetch + resize) in the middle ones.
+    let buckets = vec![
+        0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    ];
+    let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)
+        .expect("static metric definition");
+    r.register(Box::new(h.clone()))
+        .expect("metric registered once");
+    h
 }
 
 fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
@@ -157,8 +183,47 @@ static METRICS: Lazy<Metrics> = Lazy::new(|| {
         "Objects stored per cache tier.",
         &["tier"],
     );
+    let request_duration = histogram_vec(
+        &r,
+        "imgedge_request_duration_seconds",
+        "Edge request duration by cache status (hit, miss, stale, ...).",
+        &["cache"],
+    );
+    let fetch_duration = histogram_vec(
+        &r,
+        "imgedge_source_fetch_duration_seconds",
+        "Fetch time of originals, retries included, by source and result.",
+        &["source", "result"],
+    );
+    let resize_duration = histogram_vec(
+        &r,
+        "imgedge_resize_duration_seconds",
+        "Decode, resize and encode time by output format.",
+        &["format"],
+    );
+    let rate_limited = counter(
+        &r,
+        "imgedge_rate_limited_total",
+        "Misses refused with 429: the client spent its miss budget.",
+    );
+    let client_timeouts = counter(
+        &r,
+        "imgedge_client_header_timeouts_total",
+        "Connections closed because a request header was not received in time.",
+    );
+    let access_log_dropped = counter(
+        &r,
+        "imgedge_access_log_dropped_total",
+        "Access-log lines dropped because the writer fell behind.",
+    );
     Metrics {
         registry: r,
+        request_duration,
+        fetch_duration,
+        resize_duration,
+        rate_limited,
+        client_timeouts,
+        access_log_dropped,
         cache_lookups,
         cache_evictions,
         cache_corrupt,

@@ -21,6 +21,7 @@ use tokio::sync::{mpsc, Semaphore};
 
 use crate::config::MirrorConfig;
 use crate::metrics::metrics;
+use crate::policy::signing::{self, Signer};
 use crate::variant::Variant;
 use crate::warm::client;
 pub use crate::warm::client::MIRROR_HEADER;
@@ -33,6 +34,8 @@ pub struct Mirror {
     // Resolved once: no label lookup on the request path.
     queued: IntCounter,
     dropped: IntCounter,
+    // With signed URLs on, the target (same keys) would refuse unsigned requests.
+    signer: Option<Signer>,
 }
 
 impl Mirror {
@@ -49,7 +52,12 @@ impl Mirror {
         if !Self::sampled(self.sample, n) {
             return;
         }
-        match self.tx.try_send(variant.canonical_uri()) {
+        let uri = variant.canonical_uri();
+        let uri = match &self.signer {
+            Some(s) => signing::append(&uri, &s.sign(&uri)),
+            None => uri,
+        };
+        match self.tx.try_send(uri) {
             Ok(()) => self.queued.inc(),
             Err(_) => self.dropped.inc(),
         }
@@ -65,7 +73,8 @@ pub struct MirrorService {
 }
 
 /// The edge's [`Mirror`] and the service that sends, or `None` when mirroring is off.
-pub fn from_config(cfg: &MirrorConfig) -> Option<(Mirror, MirrorService)> {
+/// `signing_keys` are `policy.signing_keys`: mirrored URLs are signed like clients' are.
+pub fn from_config(cfg: &MirrorConfig, signing_keys: &[String]) -> Option<(Mirror, MirrorService)> {
     if cfg.target.is_empty() || cfg.sample <= 0.0 {
         return None;
     }
@@ -77,6 +86,7 @@ pub fn from_config(cfg: &MirrorConfig) -> Option<(Mirror, MirrorService)> {
             seen: AtomicU64::new(0),
             queued: metrics().mirror.with_label_values(&["queued"]),
             dropped: metrics().mirror.with_label_values(&["dropped"]),
+            signer: Signer::new(signing_keys),
         },
         MirrorService {
             rx: Mutex::new(Some(rx)),
@@ -161,7 +171,7 @@ mod tests {
             queue_len: 2,
             ..MirrorConfig::default()
         };
-        let (m, svc) = from_config(&cfg).unwrap();
+        let (m, svc) = from_config(&cfg, &[]).unwrap();
         let v = Variant::parse("/image/a.jpg", Some("size=1x"), &Default::default()).unwrap();
         let dropped = || metrics().mirror.with_label_values(&["dropped"]).get();
         let before = dropped();
@@ -175,7 +185,7 @@ mod tests {
             "/image/a.jpg?size=1x&fit=inside&q=80"
         );
         assert!(
-            from_config(&MirrorConfig::default()).is_none(),
+            from_config(&MirrorConfig::default(), &[]).is_none(),
             "off by default"
         );
     }

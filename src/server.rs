@@ -1,9 +1,17 @@
 //! Assemble the process: one Pingora server, three services (edge, origin, admin), each on its
 //! own runtime so resizing can never starve the threads that serve hits.
+//!
+//! Listeners: plain HTTP (`edge.listen`) and TLS with HTTP/2 (`edge.tls.listen`) on the edge,
+//! both behind the slow-client guard; the origin on a Unix socket; admin on its own port.
+//! Graceful upgrade: a new process started with `-u` receives every listening socket from the
+//! old one (which gets SIGQUIT) through `server.upgrade_sock`; bootstrap runs as a service the
+//! listeners depend on, so with `-d` the launching command returns only once the new process
+//! holds the sockets.
 
 use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;
 
+use pingora_core::apps::HttpServerOptions;
 use pingora_core::server::configuration::{Opt, ServerConf};
 use pingora_core::server::Server;
 use pingora_core::services::background::background_service;
@@ -12,7 +20,9 @@ use pingora_core::services::listening::Service;
 use crate::admin::AdminApp;
 use crate::cache::{Cache, StateSaver};
 use crate::config::Config;
-use crate::edge::Edge;
+use crate::edge::access_log::AccessLog;
+use crate::edge::client_limits::ClientLimits;
+use crate::edge::{tls, Edge};
 use crate::error::Error;
 use crate::origin::{Origin, OriginApp};
 
@@ -27,9 +37,14 @@ pub struct RunOptions {
 
 /// Pingora's `ServerConf` from ours.
 pub fn server_conf(cfg: &Config, run: RunOptions) -> ServerConf {
+    let error_log = &cfg.server.error_log;
     ServerConf {
         threads: cfg.server.threads,
         daemon: run.daemon,
+        // `serve -d` returns once the daemon holds its listeners (systemd's Type=forking).
+        daemon_wait_for_ready: run.daemon,
+        error_log: (!error_log.as_os_str().is_empty())
+            .then(|| error_log.to_string_lossy().into_owned()),
         pid_file: cfg.server.pid_file.to_string_lossy().into_owned(),
         upgrade_sock: cfg.server.upgrade_sock.to_string_lossy().into_owned(),
         grace_period_seconds: Some(cfg.server.grace_period.as_secs()),
@@ -40,13 +55,22 @@ pub fn server_conf(cfg: &Config, run: RunOptions) -> ServerConf {
 
 /// Build the server with all services; call `run_forever` on the result.
 pub fn build(cfg: &Config, run: RunOptions) -> Result<Server, Error> {
+    // Certificates first: a bad one fails start-up naming its key, before anything listens.
+    let certs = tls::load(&cfg.edge.tls).map_err(|e| Error::Internal(e.to_string()))?;
+    let access_log = AccessLog::start(&cfg.edge.access_log).map_err(|e| {
+        Error::Internal(format!(
+            "edge.access_log.path: {}: {e}",
+            cfg.edge.access_log.path.display()
+        ))
+    })?;
+
     let opt = Opt {
         upgrade: run.upgrade,
         daemon: run.daemon,
         ..Opt::default()
     };
     let mut server = Server::new_with_opt_and_conf(opt, server_conf(cfg, run));
-    server.bootstrap();
+    let bootstrap = server.bootstrap_as_a_service();
 
     let origin = Arc::new(Origin::from_config(cfg)?);
     let mut origin_svc = Service::new("origin".to_string(), OriginApp(origin));
@@ -57,14 +81,30 @@ pub fn build(cfg: &Config, run: RunOptions) -> Result<Server, Error> {
     origin_svc.threads = Some(cfg.origin.threads);
 
     let cache = Cache::from_config(&cfg.cache)?;
-    let (mirror, mirror_svc) = crate::mirror::from_config(&cfg.mirror).unzip();
-    let mut edge = pingora_proxy::http_proxy_service_with_name(
+    let (mirror, mirror_svc) =
+        crate::mirror::from_config(&cfg.mirror, &cfg.policy.signing_keys).unzip();
+    let mut proxy = pingora_proxy::http_proxy(
         &server.configuration,
-        Edge::new(cfg, cache).with_mirror(mirror),
-        "edge",
+        Edge::new(cfg, cache, access_log).with_mirror(mirror),
+    );
+    let mut options = HttpServerOptions::default();
+    options.keepalive_request_limit =
+        (cfg.edge.keepalive_requests > 0).then_some(cfg.edge.keepalive_requests);
+    options.h2_idle_timeout = Some(cfg.edge.keepalive_timeout);
+    proxy.server_options = Some(options);
+    let mut edge = Service::new(
+        "edge".to_string(),
+        ClientLimits::new(proxy, cfg.edge.header_timeout),
     );
     for addr in &cfg.edge.listen {
         edge.add_tcp(&addr.to_string());
+    }
+    if let Some((resolver, _)) = certs {
+        for addr in &cfg.edge.tls.listen {
+            let settings = tls::settings(resolver.clone(), cfg.edge.tls.h2)
+                .map_err(|e| Error::Internal(format!("edge.tls: {e}")))?;
+            edge.add_tls_with_settings(&addr.to_string(), None, settings);
+        }
     }
     edge.threads = Some(cfg.server.threads);
 
@@ -72,9 +112,13 @@ pub fn build(cfg: &Config, run: RunOptions) -> Result<Server, Error> {
     admin.add_tcp(&cfg.admin.listen.to_string());
     admin.threads = Some(1);
 
-    server.add_service(origin_svc);
-    server.add_service(edge);
-    server.add_service(admin);
+    for handle in [
+        server.add_service(origin_svc),
+        server.add_service(edge),
+        server.add_service(admin),
+    ] {
+        handle.add_dependency(&bootstrap);
+    }
     server.add_service(background_service(
         "cache state",
         StateSaver {
@@ -84,9 +128,7 @@ pub fn build(cfg: &Config, run: RunOptions) -> Result<Server, Error> {
     ));
     if let Some(svc) = mirror_svc {
         // Its own runtime: sending mirrored requests never takes an edge thread.
-        server.add_service(pingora_core::services::background::background_service(
-            "mirror", svc,
-        ));
+        server.add_service(background_service("mirror", svc));
     }
     Ok(server)
 }

@@ -11,7 +11,7 @@ pub mod source;
 pub mod transform;
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -35,6 +35,47 @@ pub struct Rendered {
     pub body: Vec<u8>,
     /// `Content-Type`.
     pub mime: &'static str,
+}
+
+/// Where a miss spent its time; sent to the edge as `Server-Timing` (`fetch`, `resize`).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Timings {
+    /// Fetching the original from the source, retries included.
+    pub fetch: Option<Duration>,
+    /// Decoding, resizing and encoding on the pool (queueing excluded).
+    pub resize: Option<Duration>,
+}
+
+impl Timings {
+    /// The `Server-Timing` header value, e.g. `fetch;dur=12.1, resize;dur=30.4`.
+    pub fn header(&self) -> Option<String> {
+        let parts: Vec<String> = [("fetch", self.fetch), ("resize", self.resize)]
+            .into_iter()
+            .filter_map(|(n, d)| d.map(|d| format!("{n};dur={:.1}", d.as_secs_f64() * 1000.0)))
+            .collect();
+        (!parts.is_empty()).then(|| parts.join(", "))
+    }
+
+    /// Parse a `Server-Timing` value written by [`Timings::header`].
+    pub fn parse(value: &str) -> Timings {
+        let mut t = Timings::default();
+        for part in value.split(',') {
+            let Some((name, dur)) = part.trim().split_once(";dur=") else {
+                continue;
+            };
+            let d = dur
+                .parse::<f64>()
+                .ok()
+                .filter(|v| v.is_finite() && *v >= 0.0)
+                .map(|ms| Duration::from_secs_f64(ms / 1000.0));
+            match name {
+                "fetch" => t.fetch = d,
+                "resize" => t.resize = d,
+                _ => {}
+            }
+        }
+        t
+    }
 }
 
 /// The origin: source, pool and labelling policy.
@@ -92,9 +133,10 @@ impl Origin {
         })
     }
 
-    async fn fetch(&self, id: &str) -> Result<Bytes> {
+    async fn fetch(&self, id: &str, timings: &mut Timings) -> Result<Bytes> {
         let key = self.template.render(id);
         let kind = self.source.kind();
+        let started = Instant::now();
         let fetched = tokio::time::timeout(
             self.fetch_timeout,
             self.source.fetch(&key, self.max_source_bytes),
@@ -108,10 +150,16 @@ impl Origin {
             Err(SourceError::Timeout) => "timeout",
             Err(SourceError::Failed(_)) => "error",
         };
+        let took = started.elapsed();
+        timings.fetch = Some(took);
         metrics()
             .source_fetches
             .with_label_values(&[kind, label])
             .inc();
+        metrics()
+            .fetch_duration
+            .with_label_values(&[kind, label])
+            .observe(took.as_secs_f64());
         if let Err(SourceError::Failed(msg)) = &fetched {
             tracing::warn!(source = kind, key = %key, "fetch failed: {msg}");
         }
@@ -119,10 +167,15 @@ impl Origin {
     }
 
     /// Produce the answer for one canonical request.
-    pub async fn render(&self, path: &str, query: Option<&str>) -> Result<Rendered> {
+    pub async fn render(
+        &self,
+        path: &str,
+        query: Option<&str>,
+        timings: &mut Timings,
+    ) -> Result<Rendered> {
         let variant = Variant::parse(path, query, &self.parse)?;
         let slot = self.pool.admit()?;
-        let original = self.fetch(&variant.id).await?;
+        let original = self.fetch(&variant.id, timings).await?;
         let settings = self.settings;
         match variant.transform {
             None => {
@@ -159,16 +212,21 @@ impl Origin {
                 })
             }
             Some(t) => {
-                let out = self
+                let (out, took) = self
                     .pool
                     .run(&slot, move || {
-                        transform::transform(&original, &t, &settings)
+                        let started = Instant::now();
+                        let out = transform::transform(&original, &t, &settings)?;
+                        Ok((out, started.elapsed()))
                     })
                     .await?;
+                timings.resize = Some(took);
+                let format = out.format.as_str();
+                metrics().transforms.with_label_values(&[format]).inc();
                 metrics()
-                    .transforms
-                    .with_label_values(&[out.format.as_str()])
-                    .inc();
+                    .resize_duration
+                    .with_label_values(&[format])
+                    .observe(took.as_secs_f64());
                 Ok(Rendered {
                     body: out.bytes,
                     mime: out.format.mime(),
@@ -177,8 +235,16 @@ impl Origin {
         }
     }
 
+    /// Readiness of the source, within `timeout`.
+    pub async fn probe(&self, timeout: Duration) -> Result<()> {
+        tokio::time::timeout(timeout, self.source.probe())
+            .await
+            .unwrap_or(Err(SourceError::Timeout))
+            .map_err(Error::from)
+    }
+
     /// Turn a result into the HTTP answer.
-    pub fn respond(&self, result: Result<Rendered>) -> Response<Vec<u8>> {
+    pub fn respond(&self, result: Result<Rendered>, timings: Timings) -> Response<Vec<u8>> {
         let built = match result {
             Ok(r) => Response::builder()
                 .status(StatusCode::OK)
@@ -210,6 +276,16 @@ impl Origin {
                 b.body(body)
             }
         };
+        let built = built.map(|mut r| {
+            // For the edge's access log; the edge removes it before caching.
+            if let Some(v) = timings
+                .header()
+                .and_then(|v| http::HeaderValue::from_str(&v).ok())
+            {
+                r.headers_mut().insert(SERVER_TIMING, v);
+            }
+            r
+        });
         built.unwrap_or_else(|e| {
             tracing::error!("building origin response: {e}");
             let mut r = Response::new(b"internal error\n".to_vec());
@@ -218,6 +294,13 @@ impl Origin {
         })
     }
 }
+
+/// The origin service's readiness path (not an image path, so no client URL reaches it; the
+/// origin listens only on its Unix socket anyway).
+pub const PROBE_PATH: &str = "/.probe";
+
+/// The header carrying [`Timings`] from the origin to the edge.
+pub const SERVER_TIMING: http::HeaderName = http::HeaderName::from_static("server-timing");
 
 /// A strong validator from the content: equal bytes, equal tag, across nodes and restarts.
 fn etag(body: &[u8]) -> String {
@@ -232,6 +315,19 @@ pub struct OriginApp(pub Arc<Origin>);
 impl ServeHttp for OriginApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let req = session.req_header();
+        if req.uri.path() == PROBE_PATH {
+            // The admin listener's /readyz: this service answers, and so does the source.
+            let (status, body) = match self.0.probe(Duration::from_secs(2)).await {
+                Ok(()) => (StatusCode::OK, "ok\n".to_string()),
+                Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("source: {e}\n")),
+            };
+            return Response::builder()
+                .status(status)
+                .header("content-length", body.len())
+                .body(body.into_bytes())
+                .unwrap_or_else(|_| Response::new(Vec::new()));
+        }
+        let mut timings = Timings::default();
         let result = if req.method != http::Method::GET {
             Err(Error::MethodNotAllowed)
         } else {
@@ -239,9 +335,9 @@ impl ServeHttp for OriginApp {
                 req.uri.path().to_string(),
                 req.uri.query().map(str::to_string),
             );
-            self.0.render(&path, query.as_deref()).await
+            self.0.render(&path, query.as_deref(), &mut timings).await
         };
-        let resp = self.0.respond(result);
+        let resp = self.0.respond(result, timings);
         metrics()
             .origin_requests
             .with_label_values(&[resp.status().as_str()])

@@ -50,6 +50,8 @@ impl From<reqwest::Error> for FetchError {
 /// A client for warming: no proxy from the environment (targets are nodes, addressed directly),
 /// a whole-request timeout, and a recognisable User-Agent.
 pub fn client(timeout: Duration, pool_idle: usize) -> Result<reqwest::Client, reqwest::Error> {
+    // When reqwest is built with rustls (the test build is), it uses the process's provider.
+    pingora_rustls::install_default_crypto_provider();
     reqwest::Client::builder()
         .no_proxy()
         .timeout(timeout)

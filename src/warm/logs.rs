@@ -6,7 +6,8 @@
 //! - ALB: `https 2024-… elb client target t t t 200 200 in out "GET https://host:443/p?q HTTP/1.1" …`
 //! - CloudFront standard (W3C, tab-separated): path and query in separate fields, placed by the
 //!   `#Fields:` header when one was seen, else by the documented default order.
-//! - imgedge's own `access` line (tracing fmt): `… access: method=GET uri=/p?q status=200 …`
+//! - imgedge's JSON access log (`edge.access_log.format: json`): `{"method":"GET","uri":"/p?q",…}`
+//! - imgedge's former `access` line (tracing fmt): `… access: method=GET uri=/p?q status=200 …`
 //! - one URL (`http://host/p?q`) or path (`/p?q`) per line.
 
 use std::fmt;
@@ -97,6 +98,9 @@ impl LineParser {
         }
         if trimmed.starts_with('#') {
             return Ok(Line::Comment);
+        }
+        if trimmed.starts_with('{') {
+            return parse_json(trimmed).map(Line::Request);
         }
         if line.contains('\t') {
             return parse_cloudfront(line, &self.cloudfront).map(Line::Request);
@@ -235,6 +239,24 @@ fn parse_combined(line: &str) -> Result<LoggedRequest, BadLine> {
         path,
         query,
         status: rest.split_whitespace().next().and_then(|s| s.parse().ok()),
+    })
+}
+
+/// A JSON access-log line: `method`, `uri` (the request target) and `status`.
+fn parse_json(line: &str) -> Result<LoggedRequest, BadLine> {
+    #[derive(serde::Deserialize)]
+    struct Json {
+        method: Option<String>,
+        uri: String,
+        status: Option<u16>,
+    }
+    let j: Json = serde_json::from_str(line).map_err(|_| BadLine::UnknownFormat)?;
+    let (path, query) = split_target(&j.uri)?;
+    Ok(LoggedRequest {
+        method: j.method,
+        path,
+        query,
+        status: j.status,
     })
 }
 
@@ -407,6 +429,18 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert_eq!(bad("a\tb\tc"), BadLine::MalformedRequest);
+    }
+
+    #[test]
+    fn imgedge_json_line() {
+        let r = req(
+            r#"{"time":"2026-11-22T08:01:02.345Z","client":"10.0.0.1","method":"GET","uri":"/image/a.jpg?size=100x","status":200,"cache":"HIT"}"#,
+        );
+        assert_eq!(r.method.as_deref(), Some("GET"));
+        assert_eq!(r.path, "/image/a.jpg");
+        assert_eq!(r.query.as_deref(), Some("size=100x"));
+        assert_eq!(r.status, Some(200));
+        assert_eq!(bad(r#"{"method":"GET"}"#), BadLine::UnknownFormat);
     }
 
     #[test]

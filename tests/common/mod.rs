@@ -76,6 +76,13 @@ impl S3 for CountingFs {
         }
         self.inner.get_object(req).await
     }
+
+    async fn head_bucket(
+        &self,
+        req: S3Request<s3s::dto::HeadBucketInput>,
+    ) -> S3Result<S3Response<s3s::dto::HeadBucketOutput>> {
+        self.inner.head_bucket(req).await
+    }
 }
 
 /// An S3-protocol server on 127.0.0.1 serving a temp directory.
@@ -175,7 +182,7 @@ impl Drop for S3Server {
     }
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -232,9 +239,10 @@ impl Imgedge {
         let (port, admin_port) = (free_port(), free_port());
         let d = dir.path().display();
         let (admin_extra, extra) = take_section(extra, "admin");
+        let (edge_extra, extra) = take_section(&extra, "edge");
         let extra = extra.as_str();
         let yaml = format!(
-            "server:\n  threads: 2\n  grace_period: 1s\n  graceful_shutdown_timeout: 1s\n  pid_file: {d}/imgedge.pid\n  upgrade_sock: {d}/upgrade.sock\nedge:\n  listen: [\"127.0.0.1:{port}\"]\nadmin:\n  listen: 127.0.0.1:{admin_port}\n{admin_extra}{}{extra}",
+            "server:\n  threads: 2\n  grace_period: 1s\n  graceful_shutdown_timeout: 1s\n  pid_file: {d}/imgedge.pid\n  upgrade_sock: {d}/upgrade.sock\nedge:\n  listen: [\"127.0.0.1:{port}\"]\n{edge_extra}admin:\n  listen: 127.0.0.1:{admin_port}\n{admin_extra}{}{extra}",
             origin_yaml.replace("origin:\n", &format!("origin:\n  socket: {d}/origin.sock\n"))
         );
         let conf = dir.path().join("imgedge.yaml");
@@ -250,7 +258,7 @@ impl Imgedge {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("spawn imgedge");
-        let client = reqwest::Client::builder().no_proxy().build().unwrap();
+        let client = http_client();
         let node = Imgedge {
             child,
             base: format!("http://127.0.0.1:{port}"),
@@ -277,6 +285,11 @@ impl Imgedge {
             assert!(Instant::now() < deadline, "imgedge did not become ready");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// The config file the node runs with.
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("imgedge.yaml")
     }
 
     pub fn url(&self, path_and_query: &str) -> String {
@@ -386,6 +399,62 @@ where
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// A plain HTTP client. reqwest has rustls (for [`tls_client`]) without a built-in crypto
+/// provider, so ring is installed as the process default first, as the binary does.
+pub fn http_client() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder().no_proxy().build().unwrap()
+}
+
+/// Development certificates made by `certs/make-dev-cert.sh` (the script operators use) in a
+/// temp dir: `dev.pem`/`dev.key` (localhost, 127.0.0.1), `alt.pem`/`alt.key`
+/// (images.example.test, *.cdn.example.test), and the CA `dev-ca.pem`.
+pub fn dev_certs() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("certs/make-dev-cert.sh");
+    let out = Command::new("bash")
+        .arg(script)
+        .arg(dir.path())
+        .output()
+        .expect("bash certs/make-dev-cert.sh");
+    assert!(
+        out.status.success(),
+        "make-dev-cert.sh: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    dir
+}
+
+/// An HTTPS client trusting only the dev CA in `certs`, offering h2 and http/1.1 (or only
+/// http/1.1), with `names` resolved to 127.0.0.1.
+pub fn tls_client(certs: &Path, http1_only: bool, names: &[&str], port: u16) -> reqwest::Client {
+    let mut roots = rustls::RootCertStore::empty();
+    let pem = std::fs::read(certs.join("dev-ca.pem")).unwrap();
+    let ca = rustls::pki_types::pem::PemObject::from_pem_slice(&pem).unwrap();
+    roots.add(ca).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = if http1_only {
+        vec![b"http/1.1".to_vec()]
+    } else {
+        vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+    };
+    let mut b = reqwest::Client::builder()
+        .no_proxy()
+        .tls_backend_preconfigured(tls);
+    if http1_only {
+        b = b.http1_only();
+    }
+    for n in names {
+        b = b.resolve(n, SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    b.build().unwrap()
 }
 
 /// Decode an image response body and return its dimensions and format.

@@ -71,6 +71,17 @@ impl Source for LocalSource {
     fn kind(&self) -> &'static str {
         "local"
     }
+
+    async fn probe(&self) -> Result<(), SourceError> {
+        match tokio::fs::metadata(&self.root).await {
+            Ok(m) if m.is_dir() => Ok(()),
+            Ok(_) => Err(SourceError::Failed(format!(
+                "{} is not a directory",
+                self.root.display()
+            ))),
+            Err(e) => Err(SourceError::Failed(format!("{}: {e}", self.root.display()))),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -53,6 +53,9 @@ pub trait Source: Send + Sync {
 
     /// A short name for logs and metrics.
     fn kind(&self) -> &'static str;
+
+    /// Whether the source answers at all (readiness): the bucket or directory is reachable.
+    async fn probe(&self) -> Result<(), SourceError>;
 }
 
 /// Maps an id to an object key. `{id}` is the whole id; `{id:START:LEN}` is LEN bytes of it from

@@ -9,7 +9,7 @@ use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region};
 use aws_sdk_s3::config::{Credentials, RequestChecksumCalculation, ResponseChecksumValidation};
-use aws_sdk_s3::error::SdkError;
+use aws_sdk_s3::error::{DisplayErrorContext, SdkError};
 use aws_sdk_s3::operation::get_object::GetObjectError;
 use aws_sdk_s3::Client;
 use bytes::{Bytes, BytesMut};
@@ -134,5 +134,16 @@ impl Source for S3Source {
 
     fn kind(&self) -> &'static str {
         "s3"
+    }
+
+    async fn probe(&self) -> Result<(), SourceError> {
+        self.client()
+            .await
+            .head_bucket()
+            .bucket(&self.config.bucket)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| SourceError::Failed(format!("head bucket: {}", DisplayErrorContext(&e))))
     }
 }

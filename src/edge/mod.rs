@@ -1,12 +1,22 @@
 //! The edge service: Pingora's proxy with its cache in front of the origin service.
 //!
-//! Per request: parse the URL into a [`Variant`] (400/404/405 answered here, before the cache),
-//! key the cache on the variant alone, serve hits from [`crate::cache`], and on a miss send the
+//! Per request: check the request's size (414/431), parse the URL into a [`Variant`]
+//! (400/404/405), apply the [`Policy`] (signature 403, size policy), all before the cache; key
+//! the cache on the variant alone, serve hits from [`crate::cache`], and on a miss send the
 //! variant's canonical URI to the origin service over its Unix socket. Pingora's cache lock
 //! makes concurrent misses for one key wait for a single fill. Headers never enter the key and
-//! no `Vary` is sent, so User-Agent or Cookie cannot split the cache.
+//! no `Vary` is sent, so User-Agent or Cookie cannot split the cache. A miss spends the
+//! client's miss budget (429 past it); hits never do.
+//!
+//! Submodules: [`tls`] (certificates, SNI, ALPN), [`client_limits`] (slow clients),
+//! [`access_log`].
 
-use std::time::{Duration, Instant};
+pub mod access_log;
+pub mod client_limits;
+pub mod tls;
+
+use std::net::IpAddr;
+use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -25,12 +35,26 @@ use crate::cache::Cache;
 use crate::config::Config;
 use crate::error::Error;
 use crate::metrics::metrics;
+use crate::origin::{Timings, SERVER_TIMING};
+use crate::policy::Policy;
 use crate::variant::{ParseOptions, Variant};
+use access_log::{AccessLog, Entry};
 
 /// Per-request state.
 pub struct EdgeCtx {
     variant: Option<Variant>,
     started: Instant,
+    started_at: SystemTime,
+    timings: Timings,
+}
+
+/// How the edge treats clients (from `edge.*`).
+#[derive(Debug, Clone, Copy)]
+struct ClientRules {
+    max_uri_bytes: usize,
+    max_header_bytes: usize,
+    write_timeout: Duration,
+    keepalive_secs: u64,
 }
 
 /// The edge's proxy logic.
@@ -42,6 +66,9 @@ pub struct Edge {
     meta_defaults: CacheMetaDefaults,
     lock_wait_timeout: Duration,
     mirror: Option<crate::mirror::Mirror>,
+    policy: Policy,
+    access_log: Option<AccessLog>,
+    rules: ClientRules,
 }
 
 // Freshness comes from the origin's Cache-Control; nothing is cached on a guess.
@@ -50,8 +77,9 @@ fn no_default_ttl(_: http::StatusCode) -> Option<Duration> {
 }
 
 impl Edge {
-    /// The edge for a validated config and the process's cache.
-    pub fn new(cfg: &Config, cache: Cache) -> Edge {
+    /// The edge for a validated config and the process's cache. `access_log` comes from
+    /// [`AccessLog::start`].
+    pub fn new(cfg: &Config, cache: Cache, access_log: Option<AccessLog>) -> Edge {
         let secs = |d: Duration| u32::try_from(d.as_secs()).unwrap_or(u32::MAX);
         let stale_if_error = secs(cfg.cache.stale_if_error);
         let stale_while_revalidate = secs(cfg.cache.stale_while_revalidate);
@@ -67,7 +95,44 @@ impl Edge {
             ),
             lock_wait_timeout: cfg.cache.lock_wait_timeout,
             mirror: None,
+            policy: Policy::from_config(cfg),
+            access_log,
+            rules: ClientRules {
+                max_uri_bytes: cfg.edge.max_uri_bytes,
+                max_header_bytes: cfg.edge.max_header_bytes,
+                write_timeout: cfg.edge.write_timeout,
+                keepalive_secs: cfg.edge.keepalive_timeout.as_secs().max(1),
+            },
         }
+    }
+
+    /// The client's address: the trusted header's when configured, else the peer's.
+    fn client_ip(&self, session: &Session) -> Option<IpAddr> {
+        let peer = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        match &self.policy.misses {
+            Some(l) => l.client(&session.req_header().headers, peer),
+            None => peer,
+        }
+    }
+
+    /// 414/431 for requests over the configured sizes.
+    fn check_size(&self, req: &RequestHeader) -> Result<(), Error> {
+        let target = req.uri.path_and_query().map_or(0, |pq| pq.as_str().len());
+        if target > self.rules.max_uri_bytes {
+            return Err(Error::UriTooLong);
+        }
+        let header_bytes: usize = req
+            .headers
+            .iter()
+            .map(|(k, v)| k.as_str().len() + v.len() + 4)
+            .sum();
+        if header_bytes > self.rules.max_header_bytes {
+            return Err(Error::HeadersTooLarge);
+        }
+        Ok(())
     }
 
     /// Mirror a sample of served image requests (see [`crate::mirror`]).
@@ -100,7 +165,7 @@ async fn respond_error(session: &mut Session, err: &Error) -> Result<()> {
     h.insert_header("x-content-type-options", "nosniff")?;
     match err {
         Error::MethodNotAllowed => h.insert_header("allow", "GET, HEAD")?,
-        Error::Busy { retry_after } => {
+        Error::Busy { retry_after } | Error::TooManyRequests { retry_after } => {
             h.insert_header("retry-after", retry_after.as_secs().max(1))?
         }
         _ => {}
@@ -123,7 +188,18 @@ impl ProxyHttp for Edge {
         EdgeCtx {
             variant: None,
             started: Instant::now(),
+            started_at: SystemTime::now(),
+            timings: Timings::default(),
         }
+    }
+
+    async fn early_request_filter(&self, session: &mut Session, _ctx: &mut EdgeCtx) -> Result<()> {
+        // A client that stops reading cannot hold a response (and its buffers) forever.
+        session.set_write_timeout(Some(self.rules.write_timeout));
+        if session.get_keepalive().is_some() {
+            session.set_keepalive(Some(self.rules.keepalive_secs));
+        }
+        Ok(())
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut EdgeCtx) -> Result<bool> {
@@ -131,7 +207,9 @@ impl ProxyHttp for Edge {
         let parsed = if req.method != http::Method::GET && req.method != http::Method::HEAD {
             Err(Error::MethodNotAllowed)
         } else {
-            Variant::parse(req.uri.path(), req.uri.query(), &self.parse)
+            self.check_size(req)
+                .and_then(|()| Variant::parse(req.uri.path(), req.uri.query(), &self.parse))
+                .and_then(|v| self.policy.admit(req.uri.query(), v))
         };
         match parsed {
             Ok(v) => {
@@ -225,6 +303,43 @@ impl ProxyHttp for Edge {
             s if s >= 500 => Ok(RespCacheable::Uncacheable(NoCacheReason::UpstreamError)),
             _ => Ok(RespCacheable::Uncacheable(NoCacheReason::OriginNotCache)),
         }
+    }
+
+    async fn proxy_upstream_filter(
+        &self,
+        session: &mut Session,
+        _ctx: &mut EdgeCtx,
+    ) -> Result<bool> {
+        // Only requests that really go to the origin spend the budget; a background refresh
+        // (stale-while-revalidate) is the node's own doing, not the client's.
+        let Some(limiter) = &self.policy.misses else {
+            return Ok(true);
+        };
+        if session.subrequest_ctx.is_some() {
+            return Ok(true);
+        }
+        let allowed = self.client_ip(session).is_none_or(|ip| limiter.allow(ip));
+        if !allowed {
+            metrics().rate_limited.inc();
+            let err = Error::TooManyRequests {
+                retry_after: limiter.retry_after(),
+            };
+            respond_error(session, &err).await?;
+        }
+        Ok(allowed)
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        upstream: &mut ResponseHeader,
+        ctx: &mut EdgeCtx,
+    ) -> Result<()> {
+        // The origin's timings are this request's, not the object's: log them, never cache them.
+        if let Some(v) = upstream.remove_header(&SERVER_TIMING) {
+            ctx.timings = Timings::parse(v.to_str().unwrap_or(""));
+        }
+        Ok(())
     }
 
     async fn upstream_peer(
@@ -325,22 +440,51 @@ impl ProxyHttp for Edge {
     async fn logging(&self, session: &mut Session, e: Option<&PError>, ctx: &mut EdgeCtx) {
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let cache = Self::cache_status(session);
+        let elapsed = ctx.started.elapsed();
         if session.cache.lock_duration().is_some() {
             metrics().cache_coalesced.inc();
         }
+        let cache_label = cache.to_ascii_lowercase();
         metrics()
             .requests
-            .with_label_values(&[&status.to_string(), &cache.to_ascii_lowercase()])
+            .with_label_values(&[&status.to_string(), &cache_label])
             .inc();
-        tracing::info!(
-            target: "access",
-            method = %session.req_header().method,
-            uri = %session.req_header().uri,
-            status,
-            cache,
-            ms = ctx.started.elapsed().as_secs_f64() * 1000.0,
-            error = e.map(|e| e.to_string()),
-        );
+        metrics()
+            .request_duration
+            .with_label_values(&[&cache_label])
+            .observe(elapsed.as_secs_f64());
+        if let Some(log) = &self.access_log {
+            let req = session.req_header();
+            let header = |name: http::header::HeaderName| {
+                req.headers
+                    .get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+            };
+            let uri = req.uri.to_string();
+            log.log(&Entry {
+                time: access_log::rfc3339(ctx.started_at),
+                client: self
+                    .client_ip(session)
+                    .map_or_else(|| "-".to_string(), |ip| ip.to_string()),
+                method: req.method.as_str(),
+                uri: &uri,
+                protocol: if session.is_http2() {
+                    "HTTP/2.0"
+                } else {
+                    "HTTP/1.1"
+                },
+                status,
+                bytes: session.body_bytes_sent(),
+                cache,
+                ms: access_log::ms(elapsed),
+                fetch_ms: ctx.timings.fetch.map(access_log::ms),
+                resize_ms: ctx.timings.resize.map(access_log::ms),
+                referer: header(http::header::REFERER),
+                user_agent: header(http::header::USER_AGENT),
+                error: e.map(|e| e.to_string()),
+            });
+        }
         // The response is complete: mirroring (a non-blocking enqueue) cannot delay it.
         if let (Some(mirror), Some(v)) = (&self.mirror, &ctx.variant) {
             let served = matches!(status, 200..=299 | 304);

@@ -1,0 +1,283 @@
+//! Slow clients: a deadline for the whole request header.
+//!
+//! Pingora times out each *read* of a request header (60 s), not the header as a whole, so a
+//! client that sends one byte a minute holds its connection (and its buffer) indefinitely:
+//! the slowloris attack. [`HeaderDeadline`] wraps each plain or TLS HTTP/1 connection and
+//! fails the read with `TimedOut` once a request header has been arriving for longer than
+//! `edge.header_timeout`; Pingora then closes the connection. The clock starts when the
+//! connection is accepted, and for each later request on a kept-alive connection when its
+//! first byte arrives (idle time between requests is `edge.keepalive_timeout`'s business).
+//! The header's end is found by scanning for the blank line, carrying 3 bytes across reads.
+//!
+//! HTTP/2 connections (ALPN `h2`) are passed through untouched: their frames are not text.
+
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pingora_core::apps::ServerApp;
+use pingora_core::protocols::raw_connect::ProxyDigest;
+use pingora_core::protocols::{
+    GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl, Stream,
+    TimingDigest, UniqueID, UniqueIDType, ALPN,
+};
+use pingora_core::server::ShutdownWatch;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Sleep};
+
+use crate::metrics::metrics;
+
+/// A Pingora app with the header deadline applied to its HTTP/1 connections.
+pub struct ClientLimits<A> {
+    inner: Arc<A>,
+    header_timeout: Duration,
+}
+
+impl<A> ClientLimits<A> {
+    /// Wrap `inner`.
+    pub fn new(inner: A, header_timeout: Duration) -> Self {
+        ClientLimits {
+            inner: Arc::new(inner),
+            header_timeout,
+        }
+    }
+}
+
+#[async_trait]
+impl<A: ServerApp + Send + Sync + 'static> ServerApp for ClientLimits<A> {
+    async fn process_new(
+        self: &Arc<Self>,
+        stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        let stream: Stream = if stream.selected_alpn_proto() == Some(ALPN::H2) {
+            stream
+        } else {
+            Box::new(HeaderDeadline::new(stream, self.header_timeout))
+        };
+        self.inner.process_new(stream, shutdown).await
+    }
+
+    async fn cleanup(&self) {
+        self.inner.cleanup().await
+    }
+}
+
+/// A connection whose request headers must arrive within a deadline.
+pub struct HeaderDeadline {
+    inner: Stream,
+    timeout: Duration,
+    /// Armed while a request header is arriving.
+    deadline: Option<Pin<Box<Sleep>>>,
+    /// The last bytes of the header so far, to find a blank line split across reads.
+    tail: [u8; 3],
+    /// A response was written since the last header ended: the next bytes start a request.
+    responded: bool,
+}
+
+impl fmt::Debug for HeaderDeadline {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HeaderDeadline")
+            .field("inner", &self.inner)
+            .field("waiting", &self.deadline.is_some())
+            .finish()
+    }
+}
+
+impl HeaderDeadline {
+    /// Wrap a just-accepted connection; its first header is due within `timeout`.
+    pub fn new(inner: Stream, timeout: Duration) -> Self {
+        HeaderDeadline {
+            inner,
+            timeout,
+            deadline: Some(Box::pin(tokio::time::sleep(timeout))),
+            tail: [0; 3],
+            responded: false,
+        }
+    }
+
+    /// Look for the end of the header in newly read bytes.
+    fn scan(&mut self, new: &[u8]) {
+        let mut window = self.tail.to_vec();
+        window.extend_from_slice(new);
+        if window.windows(4).any(|w| w == b"\r\n\r\n") {
+            self.deadline = None;
+            self.responded = false;
+            self.tail = [0; 3];
+        } else if window.len() >= 3 {
+            self.tail.copy_from_slice(&window[window.len() - 3..]);
+        } else {
+            self.tail = [0; 3];
+            self.tail[3 - window.len()..].copy_from_slice(&window);
+        }
+    }
+}
+
+impl AsyncRead for HeaderDeadline {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        if let Some(d) = this.deadline.as_mut() {
+            if d.as_mut().poll(cx).is_ready() {
+                metrics().client_timeouts.inc();
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "request header not received in time",
+                )));
+            }
+        }
+        let before = buf.filled().len();
+        let res = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = res {
+            let new = &buf.filled()[before..];
+            if !new.is_empty() {
+                if this.deadline.is_none() && this.responded {
+                    // The first bytes of the next request on a kept-alive connection.
+                    this.deadline = Some(Box::pin(tokio::time::sleep_until(
+                        Instant::now() + this.timeout,
+                    )));
+                    this.tail = [0; 3];
+                }
+                if this.deadline.is_some() {
+                    let new = new.to_vec();
+                    this.scan(&new);
+                }
+            }
+        }
+        res
+    }
+}
+
+impl AsyncWrite for HeaderDeadline {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.responded = true;
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.responded = true;
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+#[async_trait]
+impl Shutdown for HeaderDeadline {
+    async fn shutdown(&mut self) {
+        self.inner.shutdown().await
+    }
+}
+
+impl UniqueID for HeaderDeadline {
+    fn id(&self) -> UniqueIDType {
+        self.inner.id()
+    }
+}
+
+impl Ssl for HeaderDeadline {
+    fn get_ssl(&self) -> Option<&pingora_core::protocols::tls::TlsRef> {
+        self.inner.get_ssl()
+    }
+
+    fn get_ssl_digest(&self) -> Option<Arc<pingora_core::protocols::tls::SslDigest>> {
+        self.inner.get_ssl_digest()
+    }
+
+    fn selected_alpn_proto(&self) -> Option<ALPN> {
+        self.inner.selected_alpn_proto()
+    }
+}
+
+impl GetTimingDigest for HeaderDeadline {
+    fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
+        self.inner.get_timing_digest()
+    }
+
+    fn get_read_pending_time(&self) -> Duration {
+        self.inner.get_read_pending_time()
+    }
+
+    fn get_write_pending_time(&self) -> Duration {
+        self.inner.get_write_pending_time()
+    }
+}
+
+impl GetProxyDigest for HeaderDeadline {
+    fn get_proxy_digest(&self) -> Option<Arc<ProxyDigest>> {
+        self.inner.get_proxy_digest()
+    }
+}
+
+impl GetSocketDigest for HeaderDeadline {
+    fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
+        self.inner.get_socket_digest()
+    }
+
+    fn set_socket_digest(&mut self, d: SocketDigest) {
+        self.inner.set_socket_digest(d)
+    }
+}
+
+#[async_trait]
+impl Peek for HeaderDeadline {
+    async fn try_peek(&mut self, buf: &mut [u8]) -> io::Result<bool> {
+        self.inner.try_peek(buf).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scanned(chunks: &[&[u8]]) -> bool {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let (a, _b) = tokio::io::duplex(64);
+            let mut d = HeaderDeadline::new(Box::new(a), Duration::from_secs(1));
+            for c in chunks {
+                d.scan(c);
+            }
+            d.deadline.is_none()
+        })
+    }
+
+    #[test]
+    fn the_blank_line_is_found_across_reads() {
+        assert!(scanned(&[b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"]));
+        assert!(scanned(&[b"GET / HTTP/1.1\r\n", b"\r", b"\n"]));
+        assert!(scanned(&[b"GET / HTTP/1.1\r\nHost: a\r", b"\n\r\n"]));
+        assert!(scanned(&[b"\r", b"\n", b"\r", b"\n"]));
+        assert!(!scanned(&[b"GET / HTTP/1.1\r\nHost: a\r\n"]));
+        assert!(!scanned(&[b"GET / HTTP/1.1\r\n\r", b"x\n"]));
+    }
+}

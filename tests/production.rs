@@ -1,0 +1,545 @@
+//! The production edge (issue 5) through the real binary: TLS with SNI and HTTP/2, the access
+//! log, metrics and readiness, signed URLs, the size policy, the miss rate limit, and slow or
+//! oversized requests.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use common::{dev_certs, eventually, free_port, read, tls_client, Imgedge, S3Server};
+
+const ID: &str = "3972b16287e5.jpg";
+
+async fn s3_with_kite() -> S3Server {
+    let s3 = S3Server::start().await;
+    s3.put(ID, &read("kite.jpg"));
+    s3
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_serves_h2_and_http1_and_picks_the_certificate_by_sni() {
+    let s3 = s3_with_kite().await;
+    let certs = dev_certs();
+    let d = certs.path().display();
+    let port = free_port();
+    let node = Imgedge::start(
+        &s3,
+        &format!(
+            "edge:\n  tls:\n    listen: [\"127.0.0.1:{port}\"]\n    certificates:\n      - cert: {d}/dev.pem\n        key: {d}/dev.key\n      - cert: {d}/alt.pem\n        key: {d}/alt.key\n"
+        ),
+    )
+    .await;
+    let names = [
+        "images.example.test",
+        "a.cdn.example.test",
+        "other.example.test",
+    ];
+    let h2 = tls_client(certs.path(), false, &names, port);
+    let h1 = tls_client(certs.path(), true, &names, port);
+    let path = format!("/image/{ID}?size=120x80");
+
+    // HTTP/2 over ALPN, verified against the dev CA for "localhost" (the default certificate).
+    let r = h2
+        .get(format!("https://localhost:{port}{path}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.version(), reqwest::Version::HTTP_2);
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-cache"], "MISS");
+    let body = r.bytes().await.unwrap();
+    assert_eq!(common::dims(&body).0, 120);
+
+    // HTTP/1.1 is still there; same cache (a HIT), same bytes.
+    let r = h1
+        .get(format!("https://localhost:{port}{path}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.version(), reqwest::Version::HTTP_11);
+    assert_eq!(r.headers()["x-cache"], "HIT");
+    assert_eq!(r.bytes().await.unwrap(), body);
+
+    // SNI picks the second certificate by exact name and by wildcard; verification of the
+    // name would fail with any other certificate.
+    for host in ["images.example.test", "a.cdn.example.test"] {
+        let r = h2.get(format!("https://{host}:{port}{path}")).send().await;
+        let r = r.unwrap_or_else(|e| panic!("{host}: {e:?}"));
+        assert_eq!(r.status(), 200, "{host}");
+    }
+    // An unknown name gets the default certificate, which does not cover it.
+    let e = h2
+        .get(format!("https://other.example.test:{port}{path}"))
+        .send()
+        .await;
+    assert!(
+        e.is_err(),
+        "a certificate for other.example.test must not exist"
+    );
+
+    // The plain listener keeps working beside TLS.
+    assert_eq!(node.get(&path).await.headers()["x-cache"], "HIT");
+    assert_eq!(s3.gets(ID), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_validates_certificates_and_names_the_key() {
+    let certs = dev_certs();
+    let d = certs.path().display();
+    let conf = certs.path().join("c.yaml");
+    let run = |yaml: String| {
+        std::fs::write(&conf, yaml).unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_imgedge"))
+            .args(["check", "-c"])
+            .arg(&conf)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        (out.status.code(), text)
+    };
+    let tls = |cert: &str, key: &str| {
+        format!(
+            "edge:\n  tls:\n    listen: [\"127.0.0.1:8443\"]\n    certificates:\n      - cert: {d}/{cert}\n        key: {d}/{key}\n"
+        )
+    };
+    let (code, text) = run(tls("dev.pem", "dev.key"));
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("localhost"), "{text}");
+
+    // A key that belongs to another certificate.
+    let (code, text) = run(tls("dev.pem", "alt.key"));
+    assert_eq!(code, Some(2), "{text}");
+    assert!(text.contains("edge.tls.certificates[0].key"), "{text}");
+    // A missing file, and a file that is not PEM.
+    let (code, text) = run(tls("missing.pem", "dev.key"));
+    assert_eq!(code, Some(2), "{text}");
+    assert!(text.contains("edge.tls.certificates[0].cert"), "{text}");
+    std::fs::write(certs.path().join("junk.pem"), "not a certificate").unwrap();
+    let (code, text) = run(tls("junk.pem", "dev.key"));
+    assert_eq!(code, Some(2), "{text}");
+    assert!(text.contains("edge.tls.certificates[0]"), "{text}");
+    // TLS listener without certificates.
+    let (code, text) = run("edge:\n  tls:\n    listen: [\"127.0.0.1:8443\"]\n".into());
+    assert_eq!(code, Some(2), "{text}");
+    assert!(text.contains("edge.tls.certificates"), "{text}");
+    // An expired certificate.
+    let expired = std::process::Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=old",
+        ])
+        .args([
+            "-addext",
+            "subjectAltName=DNS:old.test",
+            "-not_after",
+            "20200101000000Z",
+        ])
+        .arg("-keyout")
+        .arg(certs.path().join("old.key"))
+        .arg("-out")
+        .arg(certs.path().join("old.pem"))
+        .output()
+        .unwrap();
+    if expired.status.success() {
+        let (code, text) = run(tls("old.pem", "old.key"));
+        assert_eq!(code, Some(2), "{text}");
+        assert!(text.contains("expired"), "{text}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_access_log_records_cache_status_and_origin_timings() {
+    let s3 = s3_with_kite().await;
+    let logs = tempfile::tempdir().unwrap();
+    for format in ["json", "combined"] {
+        let log = logs.path().join(format!("{format}.log"));
+        let node = Imgedge::start(
+            &s3,
+            &format!(
+                "edge:\n  access_log:\n    format: {format}\n    path: {}\n",
+                log.display()
+            ),
+        )
+        .await;
+        let path = format!(
+            "/image/{ID}?size=64x64&format={}",
+            if format == "json" { "png" } else { "webp" }
+        );
+        assert_eq!(node.get(&path).await.status(), 200);
+        let r = node
+            .client
+            .get(node.url(&path))
+            .header("user-agent", "imgedge-test \"quoted\"")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.headers()["x-cache"], "HIT");
+        assert!(
+            r.headers().get("server-timing").is_none(),
+            "timings are not cached"
+        );
+        assert_eq!(node.get(&format!("/image/{ID}?size=0x0")).await.status(), 400);
+        let mut lines = Vec::new();
+        eventually("three access-log lines", || {
+            lines = std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .lines()
+                .map(str::to_string)
+                .filter(|l| l.contains("/image/"))
+                .collect();
+            let n = lines.len();
+            async move { n >= 3 }
+        })
+        .await;
+        if format == "json" {
+            let v: Vec<serde_json::Value> = lines
+                .iter()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect();
+            assert_eq!(v[0]["cache"], "MISS");
+            assert_eq!(v[0]["status"], 200);
+            assert!(v[0]["fetch_ms"].as_f64().unwrap() > 0.0, "{}", lines[0]);
+            assert!(v[0]["resize_ms"].as_f64().unwrap() > 0.0, "{}", lines[0]);
+            assert!(v[0]["bytes"].as_u64().unwrap() > 100);
+            assert_eq!(v[0]["uri"], path);
+            assert_eq!(v[1]["cache"], "HIT");
+            assert!(v[1].get("resize_ms").is_none());
+            assert_eq!(v[1]["user_agent"], "imgedge-test \"quoted\"");
+            assert_eq!(v[2]["status"], 400);
+            assert_eq!(v[2]["client"], "127.0.0.1");
+        } else {
+            assert!(lines[0].starts_with("127.0.0.1 - - ["), "{}", lines[0]);
+            assert!(
+                lines[0].contains(&format!("\"GET {path} HTTP/1.1\" 200 ")),
+                "{}",
+                lines[0]
+            );
+            assert!(lines[0].contains(" cache=MISS rt="), "{}", lines[0]);
+            assert!(!lines[0].contains("resize=-"), "{}", lines[0]);
+            assert!(
+                lines[1].contains("\"imgedge-test \\\"quoted\\\"\" cache=HIT"),
+                "{}",
+                lines[1]
+            );
+            assert!(lines[1].contains("fetch=- resize=-"), "{}", lines[1]);
+        }
+        // The warm tool reads what the edge writes.
+        let parsed = imgedge::warm::logs::LineParser::default().parse(&lines[0]);
+        assert!(
+            matches!(parsed, Ok(imgedge::warm::logs::Line::Request(ref r)) if r.path == format!("/image/{ID}")),
+            "{format}: {parsed:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_and_health_are_on_the_admin_listener_only() {
+    let s3 = s3_with_kite().await;
+    let node = Imgedge::start(&s3, "").await;
+    let path = format!("/image/{ID}?size=50x50");
+    assert_eq!(node.get(&path).await.status(), 200);
+    assert_eq!(node.get(&path).await.headers()["x-cache"], "HIT");
+    let text = node
+        .client
+        .get(format!("{}/metrics", node.admin))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for needle in [
+        "imgedge_requests_total{cache=\"hit\",status=\"200\"} 1",
+        "imgedge_requests_total{cache=\"miss\",status=\"200\"} 1",
+        "imgedge_request_duration_seconds_bucket{cache=\"hit\",le=\"0.02\"}",
+        "imgedge_request_duration_seconds_count{cache=\"miss\"} 1",
+        "imgedge_source_fetch_duration_seconds_count{result=\"ok\",source=\"s3\"} 1",
+        "imgedge_source_fetches_total{result=\"ok\",source=\"s3\"} 1",
+        "imgedge_resize_duration_seconds_count{format=\"jpeg\"} 1",
+        "imgedge_resize_pool_busy 0",
+        "imgedge_resize_pool_queued 0",
+        "imgedge_cache_bytes{tier=\"memory\"}",
+        "imgedge_cache_objects{tier=\"memory\"} 1",
+        "imgedge_cache_coalesced_waiters_total 0",
+    ] {
+        assert!(text.contains(needle), "missing {needle} in\n{text}");
+    }
+    let get = |url: String| {
+        let c = node.client.clone();
+        async move { c.get(url).send().await.unwrap() }
+    };
+    assert_eq!(get(format!("{}/healthz", node.admin)).await.status(), 200);
+    let r = get(format!("{}/readyz", node.admin)).await;
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    for p in ["/metrics", "/healthz", "/readyz"] {
+        assert_eq!(
+            get(node.url(p)).await.status(),
+            404,
+            "{p} on the public listener"
+        );
+    }
+    // The origin's source becomes unreachable: not ready (alive all the same).
+    drop(s3);
+    eventually("readyz to fail", || {
+        let r = get(format!("{}/readyz", node.admin));
+        async { r.await.status() == 503 }
+    })
+    .await;
+    assert_eq!(get(format!("{}/healthz", node.admin)).await.status(), 200);
+}
+
+fn sign(node: &Imgedge, url: &str) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_imgedge"))
+        .args(["sign", "-c"])
+        .arg(node.config_path())
+        .arg(url)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signed_urls_are_required_and_rotate() {
+    let s3 = s3_with_kite().await;
+    const NEW: &str = "new-key-0123456789abcdef0123456789abcdef";
+    const OLD: &str = "old-key-0123456789abcdef0123456789abcdef";
+    let old_node = Imgedge::start(&s3, &format!("policy:\n  signing_keys: [\"{OLD}\"]\n")).await;
+    let node = Imgedge::start(
+        &s3,
+        &format!("policy:\n  signing_keys: [\"{NEW}\", \"{OLD}\"]\n"),
+    )
+    .await;
+
+    let path = format!("/image/{ID}?size=90x60&format=webp");
+    let signed = sign(&node, &node.url(&path));
+    assert!(signed.starts_with(&node.url(&path)), "{signed}");
+    let r = node.client.get(&signed).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+
+    // Unsigned, tampered, or with a wrong signature: 403 with a reason, before any origin work.
+    let r = node.get(&path).await;
+    assert_eq!(r.status(), 403);
+    assert!(r.text().await.unwrap().contains("missing signature"));
+    let tampered = signed.replace("size=90x60", "size=91x60");
+    assert_eq!(
+        node.client.get(&tampered).send().await.unwrap().status(),
+        403
+    );
+    let forged = format!("{}&sig=AAAA", node.url(&path));
+    assert_eq!(node.client.get(&forged).send().await.unwrap().status(), 403);
+    let twice = format!("{signed}&sig=AAAA");
+    assert_eq!(node.client.get(&twice).send().await.unwrap().status(), 403);
+    // A hit needs a signature too.
+    assert_eq!(node.get(&path).await.status(), 403);
+
+    // The signature covers the variant, not the spelling: order, utm noise, dpr folding.
+    let sig = signed.rsplit("sig=").next().unwrap();
+    let respelled = format!("/image/{ID}?utm_source=x&format=webp&size=45x30&dpr=2&sig={sig}");
+    let r = node.get(&respelled).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-cache"], "HIT");
+
+    // Rotation: URLs signed with the old key still work on the new node.
+    let by_old = sign(&old_node, &path);
+    assert_eq!(node.get(&by_old).await.status(), 200);
+    // ... but not the other way round.
+    assert_eq!(
+        old_node.get(&format!("{path}&sig={sig}")).await.status(),
+        403
+    );
+    assert_eq!(s3.gets(ID), 1, "one fill; refused requests never reach S3");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_size_ladder_folds_sizes_and_the_allow_list_refuses_others() {
+    let s3 = s3_with_kite().await;
+    let ladder = Imgedge::start(&s3, "policy:\n  size_ladder: [100, 200, 400, 800]\n").await;
+    let r = ladder.get(&format!("/image/{ID}?size=301x")).await;
+    assert_eq!(r.headers()["x-cache"], "MISS");
+    assert_eq!(common::dims(&r.bytes().await.unwrap()).0, 400);
+    let r = ladder.get(&format!("/image/{ID}?size=399x")).await;
+    assert_eq!(
+        r.headers()["x-cache"],
+        "HIT",
+        "one variant for every width in (200, 400]"
+    );
+    assert_eq!(common::dims(&r.bytes().await.unwrap()).0, 400);
+    let r = ladder.get(&format!("/image/{ID}?size=150x100")).await;
+    assert_eq!(
+        common::dims(&r.bytes().await.unwrap()),
+        (200, 133, image::ImageFormat::Jpeg)
+    );
+    assert_eq!(ladder.transforms().await, 2.0);
+
+    let allow = Imgedge::start(&s3, "policy:\n  sizes: [\"100x100\", \"400x\"]\n").await;
+    assert_eq!(
+        allow
+            .get(&format!("/image/{ID}?size=100x100"))
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(
+        allow.get(&format!("/image/{ID}?size=400x")).await.status(),
+        200
+    );
+    let r = allow.get(&format!("/image/{ID}?size=401x")).await;
+    assert_eq!(r.status(), 400);
+    assert!(r
+        .text()
+        .await
+        .unwrap()
+        .contains("not one of the allowed sizes"));
+    assert_eq!(
+        allow.get(&format!("/image/{ID}")).await.status(),
+        200,
+        "originals are not sizes"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn misses_are_rate_limited_per_client_and_hits_never_are() {
+    let s3 = s3_with_kite().await;
+    let node = Imgedge::start(
+        &s3,
+        "policy:\n  misses_per_ip: 3\n  client_ip_header: x-forwarded-for\n",
+    )
+    .await;
+    let hit = format!("/image/{ID}?size=33x33");
+    assert_eq!(node.get(&hit).await.status(), 200);
+
+    let get_as = |ip: &'static str, path: String| {
+        let c = node.client.clone();
+        let url = node.url(&path);
+        async move {
+            c.get(url)
+                .header("x-forwarded-for", format!("203.0.113.9, {ip}"))
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let (mut ok, mut limited) = (0, 0);
+    for w in 100..130 {
+        let r = get_as("198.51.100.1", format!("/image/{ID}?size={w}x")).await;
+        match r.status().as_u16() {
+            200 => ok += 1,
+            429 => {
+                limited += 1;
+                assert_eq!(r.headers()["retry-after"], "1");
+            }
+            s => panic!("unexpected {s}"),
+        }
+        // Hits from the same client are served while it is over its miss budget.
+        let h = get_as("198.51.100.1", hit.clone()).await;
+        assert_eq!(h.status(), 200);
+        assert_eq!(h.headers()["x-cache"], "HIT");
+    }
+    assert!(limited > 0, "30 misses in a burst, 3/s allowed");
+    assert!(ok >= 3, "the budget itself is served ({ok})");
+    // Another client is not affected.
+    assert_eq!(
+        get_as("198.51.100.2", format!("/image/{ID}?size=77x"))
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(
+        node.metric("imgedge_rate_limited_total", &[]).await,
+        f64::from(limited)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_and_oversized_requests_are_cut_off() {
+    let s3 = s3_with_kite().await;
+    let node = Imgedge::start(
+        &s3,
+        "edge:\n  header_timeout: 1s\n  max_uri_bytes: 200\n  max_header_bytes: 2048\n",
+    )
+    .await;
+    let addr = node.base.trim_start_matches("http://").to_string();
+    let path = format!("/image/{ID}?size=40x40");
+
+    // Slowloris: a header trickling in, one byte every 200 ms, is cut off at the deadline,
+    // while 50 idle connections and the trickle do not stop anyone else being served.
+    let idle: Vec<TcpStream> = (0..50)
+        .map(|_| TcpStream::connect(&addr).unwrap())
+        .collect();
+    let trickle = {
+        let addr = addr.clone();
+        std::thread::spawn(move || {
+            let mut s = TcpStream::connect(&addr).unwrap();
+            s.set_read_timeout(Some(Duration::from_millis(200)))
+                .unwrap();
+            let started = Instant::now();
+            let request = b"GET /image/3972b16287e5.jpg?size=40x40 HTTP/1.1\r\nHost: x\r\nX-Pad: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n";
+            for b in request {
+                if s.write_all(&[*b]).is_err() {
+                    return (started.elapsed(), true);
+                }
+                let mut buf = [0u8; 64];
+                match s.read(&mut buf) {
+                    Ok(0) => return (started.elapsed(), true),
+                    Ok(_) => return (started.elapsed(), false), // answered: not cut off
+                    Err(e)
+                        if e.kind() == std::io::ErrorKind::WouldBlock
+                            || e.kind() == std::io::ErrorKind::TimedOut => {}
+                    Err(_) => return (started.elapsed(), true),
+                }
+            }
+            (started.elapsed(), false)
+        })
+    };
+    for _ in 0..5 {
+        assert_eq!(node.get(&path).await.status(), 200);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (took, cut) = tokio::task::spawn_blocking(move || trickle.join().unwrap())
+        .await
+        .unwrap();
+    assert!(cut, "the trickling client was answered instead of cut off");
+    // The whole header would take ~20 s at this pace; the cut comes at the 1 s deadline.
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    // The idle connections (no byte ever sent) were closed at the same deadline.
+    for mut s in idle {
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut buf = [0u8; 16];
+        assert!(
+            matches!(s.read(&mut buf), Ok(0) | Err(_)),
+            "idle connection left open"
+        );
+    }
+    assert!(
+        node.metric("imgedge_client_header_timeouts_total", &[])
+            .await
+            >= 51.0
+    );
+
+    // A normal keep-alive client is not hurt by the deadline between its requests.
+    for _ in 0..3 {
+        assert_eq!(node.get(&path).await.status(), 200);
+        tokio::time::sleep(Duration::from_millis(600)).await;
+    }
+
+    // Too long a URI → 414; too many header bytes → 431; both with a reason.
+    let long = format!("/image/{ID}?size=40x40&utm_x={}", "a".repeat(300));
+    let r = node.get(&long).await;
+    assert_eq!(r.status(), 414);
+    let r = node
+        .client
+        .get(node.url(&path))
+        .header("x-big", "b".repeat(3000))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 431);
+    assert!(r.text().await.unwrap().contains("too large"));
+}

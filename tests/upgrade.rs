@@ -1,0 +1,291 @@
+//! Zero-downtime upgrade the way systemd does it: the real binary started as a daemon with
+//! `serve -d` (the unit's ExecStart), then the unit's own ExecReload lines run verbatim (with
+//! paths substituted) while a real HTTP client keeps thousands of requests going. No request
+//! may fail, the old process must exit, and the cache must be warm in the new one.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{free_port, read, s3_config, S3Server, SECRET_KEY};
+
+const ID: &str = "3972b16287e5.jpg";
+
+fn pid_alive(pid: i32) -> bool {
+    // A zombie (exited, not yet reaped by whoever adopted the daemon) counts as gone.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat
+            .rsplit(')')
+            .next()
+            .is_some_and(|rest| rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+fn read_pid(path: &Path) -> i32 {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .trim()
+        .parse()
+        .unwrap_or(0)
+}
+
+/// The unit's ExecReload command lines, for this binary and config.
+fn exec_reload(conf: &Path, main_pid: i32) -> Vec<String> {
+    let unit = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/systemd/imgedge.service"
+    ))
+    .unwrap();
+    let lines: Vec<String> = unit
+        .lines()
+        .filter_map(|l| l.strip_prefix("ExecReload="))
+        .map(|l| {
+            l.replace("/usr/local/bin/imgedge", env!("CARGO_BIN_EXE_imgedge"))
+                .replace("/etc/imgedge/imgedge.yaml", &conf.display().to_string())
+                .replace("$MAINPID", &main_pid.to_string())
+        })
+        .collect();
+    assert_eq!(lines.len(), 3, "check, SIGQUIT, start with -u: {lines:?}");
+    lines
+}
+
+struct Daemon {
+    pid_file: std::path::PathBuf,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        for f in [
+            self.pid_file.clone(),
+            self.pid_file.with_extension("pid.old"),
+        ] {
+            let pid = read_pid(&f);
+            if pid > 0 {
+                let _ = Command::new("kill")
+                    .args(["-KILL", &pid.to_string()])
+                    .status();
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_reload_under_load_drops_nothing_and_keeps_the_cache_warm() {
+    let s3 = S3Server::start().await;
+    s3.put(ID, &read("kite.jpg"));
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display();
+    let (port, admin_port) = (free_port(), free_port());
+    let conf = dir.path().join("imgedge.yaml");
+    let origin = s3_config(&s3, SECRET_KEY).replace(
+        "origin:\n",
+        &format!("origin:\n  socket: {d}/origin.sock\n"),
+    );
+    std::fs::write(
+        &conf,
+        format!(
+            "server:\n  threads: 2\n  pid_file: {d}/imgedge.pid\n  upgrade_sock: {d}/upgrade.sock\n  error_log: {d}/error.log\n  grace_period: 2s\n  graceful_shutdown_timeout: 3s\nedge:\n  listen: [\"127.0.0.1:{port}\"]\n  access_log:\n    path: {d}/access.log\nadmin:\n  listen: 127.0.0.1:{admin_port}\ncache:\n  disk:\n    dir: {d}/cache\n    fsync: false\n{origin}"
+        ),
+    )
+    .unwrap();
+    let pid_file = dir.path().join("imgedge.pid");
+    let _guard = Daemon {
+        pid_file: pid_file.clone(),
+    };
+    let log = || std::fs::read_to_string(dir.path().join("error.log")).unwrap_or_default();
+
+    // ExecStart: returns once the daemon holds its listeners.
+    let st = Command::new(env!("CARGO_BIN_EXE_imgedge"))
+        .args(["serve", "-d", "-c"])
+        .arg(&conf)
+        .status()
+        .unwrap();
+    assert!(st.success(), "serve -d failed: {}", log());
+    let old_pid = read_pid(&pid_file);
+    assert!(old_pid > 0 && pid_alive(old_pid), "no daemon: {}", log());
+
+    let client = common::http_client();
+    let base = format!("http://127.0.0.1:{port}");
+    let warm: Vec<String> = (0..20)
+        .map(|i| format!("{base}/image/{ID}?size={}x", 40 + i))
+        .collect();
+    for u in &warm {
+        let r = client.get(u).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{}", log());
+    }
+    let fills = s3.total_gets();
+
+    // Load: 16 keep-alive clients, mostly hits plus a stream of new variants (misses).
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed, misses) = (
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+    );
+    let mut tasks = Vec::new();
+    for t in 0..16u64 {
+        let (client, warm, base) = (client.clone(), warm.clone(), base.clone());
+        let (stop, ok, failed, misses) = (stop.clone(), ok.clone(), failed.clone(), misses.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut n = 0u64;
+            let mut errors = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                let url = if n.is_multiple_of(25) {
+                    misses.fetch_add(1, Ordering::Relaxed);
+                    format!("{base}/image/{ID}?size={}x", 100 + t * 1000 + n)
+                } else {
+                    warm[(n as usize + t as usize) % warm.len()].clone()
+                };
+                match client.get(&url).send().await {
+                    Ok(r) if r.status() == 200 => match r.bytes().await {
+                        Ok(b) if !b.is_empty() => ok.fetch_add(1, Ordering::Relaxed),
+                        other => {
+                            errors.push(format!("{url}: body {other:?}"));
+                            failed.fetch_add(1, Ordering::Relaxed)
+                        }
+                    },
+                    Ok(r) => {
+                        errors.push(format!("{url}: status {}", r.status()));
+                        failed.fetch_add(1, Ordering::Relaxed)
+                    }
+                    Err(e) => {
+                        errors.push(format!("{url}: {e:?}"));
+                        failed.fetch_add(1, Ordering::Relaxed)
+                    }
+                };
+            }
+            errors
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = ok.load(Ordering::Relaxed);
+
+    // systemctl reload: the unit's ExecReload lines, in order, each must succeed.
+    for line in exec_reload(&conf, old_pid) {
+        let st = tokio::task::spawn_blocking(move || {
+            Command::new("sh")
+                .arg("-c")
+                .arg(&line)
+                .status()
+                .map(|s| (s, line))
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        assert!(st.0.success(), "{} failed: {}", st.1, log());
+    }
+    let new_pid = read_pid(&pid_file);
+    assert!(
+        new_pid > 0 && new_pid != old_pid,
+        "pid file still names the old process"
+    );
+
+    // The old process drains and exits; load continues throughout and after.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while pid_alive(old_pid) {
+        assert!(
+            Instant::now() < deadline,
+            "old process {old_pid} did not exit"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut errors = Vec::new();
+    for t in tasks {
+        errors.extend(t.await.unwrap());
+    }
+    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    assert_eq!(
+        failed,
+        0,
+        "failed requests: {:?}\n{}",
+        &errors[..errors.len().min(10)],
+        log()
+    );
+    assert!(ok >= 2000, "only {ok} requests under load");
+    assert!(
+        ok > before,
+        "requests were served during and after the upgrade"
+    );
+    assert!(pid_alive(new_pid), "new process died: {}", log());
+
+    // Warm in the new process: every pre-upgrade variant is a HIT without touching S3.
+    let gets_before = s3.total_gets();
+    for u in &warm {
+        let r = client.get(u).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()["x-cache"], "HIT", "{u}");
+    }
+    assert_eq!(s3.total_gets(), gets_before);
+    assert!(fills <= 20);
+    eprintln!(
+        "upgrade under load: {ok} requests ({} misses), 0 failed; old pid {old_pid} → new pid {new_pid}",
+        misses.load(Ordering::Relaxed)
+    );
+    let _ = Command::new("kill")
+        .args(["-TERM", &new_pid.to_string()])
+        .status();
+}
+
+#[test]
+fn the_unit_is_hardened_and_verifies() {
+    let unit = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/systemd/imgedge.service"
+    ))
+    .unwrap();
+    for line in [
+        "User=imgedge",
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+        "ReadWritePaths=/var/cache/imgedge /var/log/imgedge /run/imgedge",
+        "AmbientCapabilities=CAP_NET_BIND_SERVICE",
+        "CapabilityBoundingSet=CAP_NET_BIND_SERVICE",
+        "LimitNOFILE=262144",
+        "Restart=on-failure",
+        "PIDFile=/run/imgedge/imgedge.pid",
+    ] {
+        assert!(unit.lines().any(|l| l == line), "missing {line}");
+    }
+    // The paths the unit relies on are the production config's.
+    let prod =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/conf/production.yaml"))
+            .unwrap();
+    for p in [
+        "/run/imgedge/imgedge.pid",
+        "/run/imgedge/upgrade.sock",
+        "/var/cache/imgedge",
+    ] {
+        assert!(prod.contains(p), "conf/production.yaml does not use {p}");
+    }
+    // systemd-analyze, where installed (CI installs systemd for it).
+    if Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+        .is_ok()
+    {
+        let out = Command::new("systemd-analyze")
+            .args(["verify", "--man=no"])
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/systemd/imgedge.service"
+            ))
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stderr).to_string();
+        // Missing binary/user on a build machine are expected; syntax problems are not.
+        let problems: Vec<&str> = text
+            .lines()
+            .filter(|l| !l.contains("/usr/local/bin/imgedge") && !l.is_empty())
+            .filter(|l| !l.contains("Failed to prepare filename") && !l.contains("Documentation"))
+            .collect();
+        assert!(problems.is_empty(), "systemd-analyze verify:\n{text}");
+    }
+}
