@@ -3,7 +3,8 @@
 //!
 //! - `GET /healthz`: the process is up (liveness).
 //! - `GET /readyz`: ready for traffic: the cache is loaded (it is, before any listener opens),
-//!   the origin service answers on its socket and its source (bucket, directory) is reachable.
+//!   the origin service answers on its socket and its source (bucket, directory) is reachable;
+//!   503 once the process is draining (upgrade or stop).
 //! - `GET /metrics`: Prometheus text.
 //! - `POST /purge/image/{id}`: every cached variant of an id (recorded in the purge log; no scan).
 //! - `POST /purge/url/image/{id}?size=...`: the one variant that public URL names.
@@ -27,6 +28,7 @@ use crate::variant::{ParseOptions, Variant};
 /// The admin HTTP app.
 pub struct AdminApp {
     cache: Cache,
+    draining: crate::edge::drain::Draining,
     origin_socket: std::path::PathBuf,
     parse: ParseOptions,
     purge_token: String,
@@ -53,9 +55,10 @@ fn json_escape(s: &str) -> String {
 
 impl AdminApp {
     /// The admin app for a config and the process's cache.
-    pub fn new(cfg: &Config, cache: Cache) -> AdminApp {
+    pub fn new(cfg: &Config, cache: Cache, draining: crate::edge::drain::Draining) -> AdminApp {
         AdminApp {
             cache,
+            draining,
             origin_socket: cfg.origin.socket.clone(),
             parse: cfg.parse_options(),
             purge_token: cfg.admin.purge_token.clone(),
@@ -89,6 +92,9 @@ impl AdminApp {
 
     /// Ask the origin service for its source's readiness over its own socket.
     async fn ready(&self) -> Response<Vec<u8>> {
+        if self.draining.is_set() {
+            return plain(StatusCode::SERVICE_UNAVAILABLE, "not ready: draining");
+        }
         let probe = async {
             let mut s = tokio::net::UnixStream::connect(&self.origin_socket).await?;
             let req = format!(

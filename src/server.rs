@@ -5,8 +5,7 @@
 //! both behind the slow-client guard; the origin on a Unix socket; admin on its own port.
 //! Graceful upgrade: a new process started with `-u` receives every listening socket from the
 //! old one (which gets SIGQUIT) through `server.upgrade_sock`; bootstrap runs as a service the
-//! listeners depend on, so with `-d` the launching command returns only once the new process
-//! holds the sockets.
+//! listeners depend on, so no listener starts before the handover is complete.
 
 use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;
@@ -22,6 +21,7 @@ use crate::cache::{Cache, StateSaver};
 use crate::config::Config;
 use crate::edge::access_log::AccessLog;
 use crate::edge::client_limits::ClientLimits;
+use crate::edge::drain::Draining;
 use crate::edge::{tls, Edge};
 use crate::error::Error;
 use crate::origin::{Origin, OriginApp};
@@ -41,8 +41,10 @@ pub fn server_conf(cfg: &Config, run: RunOptions) -> ServerConf {
     ServerConf {
         threads: cfg.server.threads,
         daemon: run.daemon,
-        // `serve -d` returns once the daemon holds its listeners (systemd's Type=forking).
-        daemon_wait_for_ready: run.daemon,
+        // Not `daemon_wait_for_ready`: in Pingora 0.9.1 the parent installs its SIGUSR1 handler
+        // after the fork, so a fast child's signal kills it (seen in tests/upgrade.rs). The
+        // listening sockets exist before the fork or are handed over by the old process, so
+        // connections queue in the kernel until the daemon accepts them either way.
         error_log: (!error_log.as_os_str().is_empty())
             .then(|| error_log.to_string_lossy().into_owned()),
         pid_file: cfg.server.pid_file.to_string_lossy().into_owned(),
@@ -83,9 +85,10 @@ pub fn build(cfg: &Config, run: RunOptions) -> Result<Server, Error> {
     let cache = Cache::from_config(&cfg.cache)?;
     let (mirror, mirror_svc) =
         crate::mirror::from_config(&cfg.mirror, &cfg.policy.signing_keys).unzip();
+    let draining = Draining::default();
     let mut proxy = pingora_proxy::http_proxy(
         &server.configuration,
-        Edge::new(cfg, cache, access_log).with_mirror(mirror),
+        Edge::new(cfg, cache, access_log, draining.clone()).with_mirror(mirror),
     );
     let mut options = HttpServerOptions::default();
     options.keepalive_request_limit =
@@ -108,7 +111,10 @@ pub fn build(cfg: &Config, run: RunOptions) -> Result<Server, Error> {
     }
     edge.threads = Some(cfg.server.threads);
 
-    let mut admin = Service::new("admin".to_string(), AdminApp::new(cfg, cache));
+    let mut admin = Service::new(
+        "admin".to_string(),
+        AdminApp::new(cfg, cache, draining.clone()),
+    );
     admin.add_tcp(&cfg.admin.listen.to_string());
     admin.threads = Some(1);
 
@@ -119,6 +125,7 @@ pub fn build(cfg: &Config, run: RunOptions) -> Result<Server, Error> {
     ] {
         handle.add_dependency(&bootstrap);
     }
+    server.add_service(background_service("drain", draining.watcher()));
     server.add_service(background_service(
         "cache state",
         StateSaver {

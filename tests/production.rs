@@ -180,7 +180,10 @@ async fn the_access_log_records_cache_status_and_origin_timings() {
             r.headers().get("server-timing").is_none(),
             "timings are not cached"
         );
-        assert_eq!(node.get(&format!("/image/{ID}?size=0x0")).await.status(), 400);
+        assert_eq!(
+            node.get(&format!("/image/{ID}?size=0x0")).await.status(),
+            400
+        );
         let mut lines = Vec::new();
         eventually("three access-log lines", || {
             lines = std::fs::read_to_string(&log)

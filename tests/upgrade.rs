@@ -89,7 +89,7 @@ async fn a_reload_under_load_drops_nothing_and_keeps_the_cache_warm() {
     std::fs::write(
         &conf,
         format!(
-            "server:\n  threads: 2\n  pid_file: {d}/imgedge.pid\n  upgrade_sock: {d}/upgrade.sock\n  error_log: {d}/error.log\n  grace_period: 2s\n  graceful_shutdown_timeout: 3s\nedge:\n  listen: [\"127.0.0.1:{port}\"]\n  access_log:\n    path: {d}/access.log\nadmin:\n  listen: 127.0.0.1:{admin_port}\ncache:\n  disk:\n    dir: {d}/cache\n    fsync: false\n{origin}"
+            "server:\n  threads: 2\n  pid_file: {d}/imgedge.pid\n  upgrade_sock: {d}/upgrade.sock\n  error_log: {d}/error.log\n  grace_period: 10s\n  graceful_shutdown_timeout: 5s\nedge:\n  listen: [\"127.0.0.1:{port}\"]\n  access_log:\n    path: {d}/access.log\nadmin:\n  listen: 127.0.0.1:{admin_port}\ncache:\n  disk:\n    dir: {d}/cache\n    fsync: false\n{origin}"
         ),
     )
     .unwrap();
@@ -106,11 +106,17 @@ async fn a_reload_under_load_drops_nothing_and_keeps_the_cache_warm() {
         .status()
         .unwrap();
     assert!(st.success(), "serve -d failed: {}", log());
-    let old_pid = read_pid(&pid_file);
-    assert!(old_pid > 0 && pid_alive(old_pid), "no daemon: {}", log());
-
     let client = common::http_client();
     let base = format!("http://127.0.0.1:{port}");
+    common::eventually("the daemon to answer", || {
+        let r = client
+            .get(format!("http://127.0.0.1:{admin_port}/readyz"))
+            .send();
+        async { matches!(r.await, Ok(r) if r.status() == 200) }
+    })
+    .await;
+    let old_pid = read_pid(&pid_file);
+    assert!(old_pid > 0 && pid_alive(old_pid), "no daemon: {}", log());
     let warm: Vec<String> = (0..20)
         .map(|i| format!("{base}/image/{ID}?size={}x", 40 + i))
         .collect();
@@ -138,7 +144,7 @@ async fn a_reload_under_load_drops_nothing_and_keeps_the_cache_warm() {
                 n += 1;
                 let url = if n.is_multiple_of(25) {
                     misses.fetch_add(1, Ordering::Relaxed);
-                    format!("{base}/image/{ID}?size={}x", 100 + t * 1000 + n)
+                    format!("{base}/image/{ID}?size={}x", 100 + (t * 997 + n) % 3900)
                 } else {
                     warm[(n as usize + t as usize) % warm.len()].clone()
                 };
@@ -179,6 +185,11 @@ async fn a_reload_under_load_drops_nothing_and_keeps_the_cache_warm() {
         .unwrap()
         .unwrap();
         assert!(st.0.success(), "{} failed: {}", st.1, log());
+    }
+    // The new daemon writes its pid file right after forking (the old one is renamed .old).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !matches!(read_pid(&pid_file), p if p > 0 && p != old_pid) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let new_pid = read_pid(&pid_file);
     assert!(

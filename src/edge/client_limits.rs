@@ -9,6 +9,15 @@
 //! first byte arrives (idle time between requests is `edge.keepalive_timeout`'s business).
 //! The header's end is found by scanning for the blank line, carrying 3 bytes across reads.
 //!
+//! It also closes *idle* kept-alive connections once the server starts shutting down (graceful
+//! upgrade or stop): otherwise they stay open until the grace period ends and are then reset,
+//! and a client that picks one from its pool at that moment loses its request. Closing at the
+//! very instant of the shutdown would race with clients that just got a keep-alive response and
+//! are sending their next request, so a connection is closed only after [`IDLE_LINGER`] of
+//! silence (no byte read, none written): a request that arrives is served (with
+//! `Connection: close`, see `drain`). A connection in the middle of a response keeps writing,
+//! so it is never idle and is left to finish.
+//!
 //! HTTP/2 connections (ALPN `h2`) are passed through untouched: their frames are not text.
 
 use std::fmt;
@@ -20,6 +29,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use parking_lot::Mutex;
 use pingora_core::apps::ServerApp;
 use pingora_core::protocols::raw_connect::ProxyDigest;
 use pingora_core::protocols::{
@@ -31,6 +41,9 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
 use crate::metrics::metrics;
+
+/// How long an idle connection is kept once shutdown starts, for a request already on its way.
+pub const IDLE_LINGER: Duration = Duration::from_millis(500);
 
 /// A Pingora app with the header deadline applied to its HTTP/1 connections.
 pub struct ClientLimits<A> {
@@ -58,7 +71,9 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for ClientLimits<A> {
         let stream: Stream = if stream.selected_alpn_proto() == Some(ALPN::H2) {
             stream
         } else {
-            Box::new(HeaderDeadline::new(stream, self.header_timeout))
+            Box::new(
+                HeaderDeadline::new(stream, self.header_timeout).closing_idle_on(shutdown.clone()),
+            )
         };
         self.inner.process_new(stream, shutdown).await
     }
@@ -78,6 +93,15 @@ pub struct HeaderDeadline {
     tail: [u8; 3],
     /// A response was written since the last header ended: the next bytes start a request.
     responded: bool,
+    /// Bytes of the current request header received so far.
+    header_bytes: usize,
+    /// Resolves when the server starts shutting down (a Mutex only to make the stream Sync;
+    /// it is reached through `&mut self`, never locked).
+    shutdown: Option<Mutex<Pin<Box<dyn Future<Output = ()> + Send>>>>,
+    /// Armed once shutdown is seen: fires [`IDLE_LINGER`] after the last byte either way.
+    linger: Option<Pin<Box<Sleep>>>,
+    /// When the last byte was read or written.
+    last_io: Instant,
 }
 
 impl fmt::Debug for HeaderDeadline {
@@ -98,17 +122,44 @@ impl HeaderDeadline {
             deadline: Some(Box::pin(tokio::time::sleep(timeout))),
             tail: [0; 3],
             responded: false,
+            header_bytes: 0,
+            shutdown: None,
+            linger: None,
+            last_io: Instant::now(),
+        }
+    }
+
+    /// Also end the connection at shutdown while it is idle.
+    pub fn closing_idle_on(mut self, mut shutdown: ShutdownWatch) -> Self {
+        self.shutdown = Some(Mutex::new(Box::pin(async move {
+            while !*shutdown.borrow_and_update() {
+                if shutdown.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }
+        })));
+        self
+    }
+
+    /// No byte of a request is pending: before the first one, or between requests.
+    fn idle(&self) -> bool {
+        if self.deadline.is_some() {
+            self.header_bytes == 0
+        } else {
+            self.responded
         }
     }
 
     /// Look for the end of the header in newly read bytes.
     fn scan(&mut self, new: &[u8]) {
+        self.header_bytes += new.len();
         let mut window = self.tail.to_vec();
         window.extend_from_slice(new);
         if window.windows(4).any(|w| w == b"\r\n\r\n") {
             self.deadline = None;
             self.responded = false;
             self.tail = [0; 3];
+            self.header_bytes = 0;
         } else if window.len() >= 3 {
             self.tail.copy_from_slice(&window[window.len() - 3..]);
         } else {
@@ -134,17 +185,38 @@ impl AsyncRead for HeaderDeadline {
                 )));
             }
         }
+        if let Some(s) = this.shutdown.as_mut() {
+            if s.get_mut().as_mut().poll(cx).is_ready() {
+                this.shutdown = None;
+                this.linger = Some(Box::pin(tokio::time::sleep(IDLE_LINGER)));
+            }
+        }
+        if this.idle() {
+            if let Some(l) = this.linger.as_mut() {
+                let due = this.last_io + IDLE_LINGER;
+                if l.deadline() != due {
+                    l.as_mut().reset(due);
+                }
+                if l.as_mut().poll(cx).is_ready() {
+                    // End of stream: Pingora treats it as the client closing a kept-alive
+                    // connection and closes it cleanly.
+                    return Poll::Ready(Ok(()));
+                }
+            }
+        }
         let before = buf.filled().len();
         let res = Pin::new(&mut this.inner).poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = res {
             let new = &buf.filled()[before..];
             if !new.is_empty() {
+                this.last_io = Instant::now();
                 if this.deadline.is_none() && this.responded {
                     // The first bytes of the next request on a kept-alive connection.
                     this.deadline = Some(Box::pin(tokio::time::sleep_until(
                         Instant::now() + this.timeout,
                     )));
                     this.tail = [0; 3];
+                    this.header_bytes = 0;
                 }
                 if this.deadline.is_some() {
                     let new = new.to_vec();
@@ -163,6 +235,7 @@ impl AsyncWrite for HeaderDeadline {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         self.responded = true;
+        self.last_io = Instant::now();
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
 
@@ -180,6 +253,7 @@ impl AsyncWrite for HeaderDeadline {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         self.responded = true;
+        self.last_io = Instant::now();
         Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
     }
 

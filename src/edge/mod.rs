@@ -13,6 +13,7 @@
 
 pub mod access_log;
 pub mod client_limits;
+pub mod drain;
 pub mod tls;
 
 use std::net::IpAddr;
@@ -69,6 +70,7 @@ pub struct Edge {
     policy: Policy,
     access_log: Option<AccessLog>,
     rules: ClientRules,
+    draining: drain::Draining,
 }
 
 // Freshness comes from the origin's Cache-Control; nothing is cached on a guess.
@@ -79,7 +81,12 @@ fn no_default_ttl(_: http::StatusCode) -> Option<Duration> {
 impl Edge {
     /// The edge for a validated config and the process's cache. `access_log` comes from
     /// [`AccessLog::start`].
-    pub fn new(cfg: &Config, cache: Cache, access_log: Option<AccessLog>) -> Edge {
+    pub fn new(
+        cfg: &Config,
+        cache: Cache,
+        access_log: Option<AccessLog>,
+        draining: drain::Draining,
+    ) -> Edge {
         let secs = |d: Duration| u32::try_from(d.as_secs()).unwrap_or(u32::MAX);
         let stale_if_error = secs(cfg.cache.stale_if_error);
         let stale_while_revalidate = secs(cfg.cache.stale_while_revalidate);
@@ -103,6 +110,7 @@ impl Edge {
                 write_timeout: cfg.edge.write_timeout,
                 keepalive_secs: cfg.edge.keepalive_timeout.as_secs().max(1),
             },
+            draining,
         }
     }
 
@@ -380,6 +388,10 @@ impl ProxyHttp for Edge {
         resp: &mut ResponseHeader,
         _ctx: &mut EdgeCtx,
     ) -> Result<()> {
+        if self.draining.is_set() {
+            // Pingora then sends `Connection: close` and closes after this response.
+            session.set_keepalive(None);
+        }
         resp.insert_header("x-cache", Self::cache_status(session))?;
         resp.insert_header("x-content-type-options", "nosniff")?;
         resp.remove_header("vary");
