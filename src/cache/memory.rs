@@ -229,7 +229,7 @@ impl Inner {
         let need = (self.used - old + charge).saturating_sub(self.capacity);
         let mut victims = Vec::new();
         let mut freed = 0;
-        for (rank, k) in &self.order {
+        for (_, k) in &self.order {
             if freed >= need {
                 break;
             }
