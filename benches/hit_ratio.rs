@@ -14,12 +14,12 @@ use std::time::SystemTime;
 
 use bytes::Bytes;
 use imgedge::cache::memory::{CachedObject, MemoryTier};
-use tinyufo::TinyUfo;
 use imgedge::variant::{ParseOptions, Variant};
 use pingora_cache::eviction::{lru::Manager, CacheEntryKey, EvictionManager};
 use pingora_cache::key::{CacheHashKey, CompactCacheKey, HashBinary};
 use rand::prelude::*;
 use rand_distr::Zipf;
+use tinyufo::TinyUfo;
 
 /// Widths product pages ask for, most common first.
 const WIDTHS: [u32; 8] = [200, 400, 100, 800, 300, 600, 1200, 64];

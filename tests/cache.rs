@@ -418,7 +418,10 @@ async fn coalesced_waiters_are_counted() {
 async fn node_with_a_hot_memory_tier(s3: &S3Server, disk: Option<&Path>) -> Imgedge {
     let mut extra = "cache:\n  memory_bytes: 1 MiB\n  max_object_bytes: 1 MiB\n".to_string();
     if let Some(dir) = disk {
-        extra += &format!("  disk:\n    dir: {}\n    max_bytes: 64 MiB\n", dir.display());
+        extra += &format!(
+            "  disk:\n    dir: {}\n    max_bytes: 64 MiB\n",
+            dir.display()
+        );
     }
     let node = Imgedge::start(s3, &extra).await;
     // 140 JPEGs of 5-11 KB: more than the tier's main area holds.
@@ -497,7 +500,10 @@ async fn a_declined_fill_serves_its_waiters_on_a_memory_only_node() {
     // It was held in the hand-off area, not admitted: two more declined fills push it out, and
     // it has to be fetched again.
     for w in [960, 970] {
-        assert_eq!(fetch(&node, &format!("/image/{KITE}?size={w}x")).await.1, "MISS");
+        assert_eq!(
+            fetch(&node, &format!("/image/{KITE}?size={w}x")).await.1,
+            "MISS"
+        );
     }
     let gets = s3.gets(KITE);
     let (status, cache, again) = fetch(&node, &large).await;
