@@ -225,7 +225,7 @@ impl Inner {
         let need = (self.used - old + charge).saturating_sub(self.capacity);
         let mut victims = Vec::new();
         let mut freed = 0;
-        for (_, k) in &self.order {
+        for k in self.order.values() {
             if freed >= need {
                 break;
             }
