@@ -33,8 +33,9 @@ use pingora_cache::key::HashBinary;
 pub const ENTRY_OVERHEAD: u64 = 256;
 /// The hand-off area's share of the tier (1/16).
 const HANDOFF_SHARE: u64 = 16;
-/// Rows of the count-min sketch. Each row has one counter per KiB of budget, so the sketch
-/// tracks more distinct keys than the tier can hold objects, for 0.4% of the budget.
+/// Rows of the count-min sketch. Each row has one counter per KiB of budget (rounded up to a
+/// power of two), so the sketch tracks more distinct keys than the tier can hold objects, for
+/// 0.4-0.8% of the budget.
 const SKETCH_ROWS: usize = 4;
 /// Count-min samples between halvings, per tracked entry (TinyLFU's W/C ratio).
 const SAMPLE_PER_ENTRY: u64 = 10;
