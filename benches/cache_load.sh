@@ -17,6 +17,11 @@ cargo build --release --quiet --no-default-features
 cp "$target/release/imgedge" "$dir/imgedge-system"
 cargo build --release --quiet
 cp "$target/release/imgedge" "$dir/imgedge-jemalloc"
+# tikv-jemallocator's symbols are prefixed `_rjem_`: the system build must have none of them.
+if grep -qa _rjem_malloc "$dir/imgedge-system" || ! grep -qa _rjem_malloc "$dir/imgedge-jemalloc"; then
+  echo "allocator check failed: the system build links jemalloc or the default build does not" >&2
+  exit 1
+fi
 
 port=18180; admin=19191
 start() { # binary, extra cache yaml
@@ -81,9 +86,9 @@ echo "|---|---|---|---|"
 for alloc in jemalloc system; do
   start "$dir/imgedge-$alloc" "{memory_bytes: 256 MiB}"
   warm
-  wrk -t1 -c2 -d"${mixed}s" -s "$dir/miss.lua" "http://127.0.0.1:$port" >/dev/null &
+  wrk -t1 -c2 -d"${mixed}s" -s "$dir/miss.lua" "http://127.0.0.1:$port" >/dev/null & misses=$!
   wrk -t1 -c16 -d"${mixed}s" -s "$dir/hits.lua" "http://127.0.0.1:$port" >/dev/null
-  wait %2 2>/dev/null || true; sleep 1
+  wait "$misses" || true; sleep 1
   rss=$(awk '/VmRSS/ {print $2}' "/proc/$pid/status"); hwm=$(awk '/VmHWM/ {print $2}' "/proc/$pid/status")
   reqs=$(metric imgedge_requests_total)
   echo "| $alloc | $((rss / 1024)) MiB | $((hwm / 1024)) MiB | $reqs |"

@@ -1,10 +1,12 @@
-//! Hit ratio of the memory tier (TinyUFO, as the edge uses it) against LRU of the same byte
-//! size, on a generated trace: Zipf over image ids × a skewed set of sizes, with random
-//! User-Agent, parameter order and utm_* noise, canonicalized by the server's own parser.
+//! Hit ratio of the memory tier (`MemoryTier`, the type and calls the edge uses) against LRU of
+//! the same byte size, on a generated trace: Zipf over image ids × a skewed set of sizes, with
+//! random User-Agent, parameter order and utm_* noise, canonicalized by the server's own parser.
 //!
 //! Run: `cargo bench --bench hit_ratio` (optionally `-- REQUESTS IDS ZIPF_S`).
 //! Prints request hit ratios at 1%, 10% and 50% of the working set (bytes of every distinct
-//! variant in the trace), and the ideal (an unbounded cache: only first requests miss).
+//! variant in the trace), and the ideal (an unbounded cache: only first requests miss). The
+//! memory tier is charged for its index and sketch; LRU and TinyUFO (the previous, size-blind
+//! memory tier, for reference) only for the objects.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -17,6 +19,7 @@ use pingora_cache::eviction::{lru::Manager, CacheEntryKey, EvictionManager};
 use pingora_cache::key::{CacheHashKey, CompactCacheKey, HashBinary};
 use rand::prelude::*;
 use rand_distr::Zipf;
+use tinyufo::TinyUfo;
 
 /// Widths product pages ask for, most common first.
 const WIDTHS: [u32; 8] = [200, 400, 100, 800, 300, 600, 1200, 64];
@@ -105,44 +108,61 @@ fn main() {
         working_set as f64 / 1048576.0
     );
     println!(
-        "| cache size | TinyUFO (memory tier) | LRU | difference | TinyUFO, objects <= 64 KiB only | ideal (unbounded) |"
+        "| cache size | memory tier (GDSF + TinyLFU) | LRU | difference | TinyUFO (previous tier) | ideal (unbounded) |"
     );
     println!("|---|---|---|---|---|---|");
     for pct in [1.0, 10.0, 50.0] {
         let bytes = (working_set as f64 * pct / 100.0) as usize;
-        let ufo = tinyufo_ratio(&trace, bytes, None);
-        let capped = tinyufo_ratio(&trace, bytes, Some(64 * 1024));
+        let tier = memory_tier_ratio(&trace, bytes);
         let lru = lru_ratio(&trace, bytes);
+        let ufo = tinyufo_ratio(&trace, bytes);
         println!(
             "| {pct}% ({:.1} MiB) | {:.1}% | {:.1}% | {:+.1} pt | {:.1}% | {:.1}% |",
             bytes as f64 / 1048576.0,
-            ufo * 100.0,
+            tier * 100.0,
             lru * 100.0,
-            (ufo - lru) * 100.0,
-            capped * 100.0,
+            (tier - lru) * 100.0,
+            ufo * 100.0,
             ideal * 100.0
         );
     }
 }
 
-/// The memory tier exactly as the edge drives it: lookup, and a forced put on a miss.
-/// With `size_cap`, objects above it skip the memory tier (the experiment in the README: a
-/// size-aware memory tier with the disk tier holding large objects).
-fn tinyufo_ratio(trace: &[Req], bytes: usize, size_cap: Option<usize>) -> f64 {
+fn object(r: &Req) -> Arc<CachedObject> {
+    Arc::new(CachedObject {
+        key: r.key,
+        meta: (Vec::new(), Vec::new()),
+        body: Bytes::from_static(&ZEROS[..r.size.min(ZEROS.len())]),
+    })
+}
+
+/// The memory tier exactly as a memory-only edge drives it: a lookup, and on a miss the
+/// finished fill (admitted, or held in the hand-off area until pushed out).
+fn memory_tier_ratio(trace: &[Req], bytes: usize) -> f64 {
     let tier = MemoryTier::new(bytes as u64);
     let mut hits = 0usize;
     for r in trace {
         if tier.get(&r.key).is_some() {
             hits += 1;
         } else {
-            let obj = Arc::new(CachedObject {
-                key: r.key,
-                meta: (Vec::new(), Vec::new()),
-                body: Bytes::from_static(&ZEROS[..r.size.min(ZEROS.len())]),
-            });
-            if size_cap.is_none_or(|cap| r.size <= cap) {
-                tier.put(obj);
-            }
+            tier.fill(object(r));
+        }
+    }
+    assert!(tier.charged_bytes() <= bytes as u64);
+    hits as f64 / trace.len() as f64
+}
+
+/// The previous memory tier: TinyUFO weighed in 1 KiB pages, fills forced in.
+fn tinyufo_ratio(trace: &[Req], bytes: usize) -> f64 {
+    let ufo = TinyUfo::new(bytes / 1024, bytes / (16 * 1024));
+    let mut hits = 0usize;
+    for r in trace {
+        let key = u128::from_be_bytes(r.key);
+        if ufo.get(&key).is_some() {
+            hits += 1;
+        } else {
+            let pages = r.size.div_ceil(1024).clamp(1, u16::MAX as usize) as u16;
+            ufo.force_put(key, object(r), pages);
         }
     }
     hits as f64 / trace.len() as f64

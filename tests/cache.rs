@@ -412,3 +412,102 @@ async fn coalesced_waiters_are_counted() {
         .await;
     assert!((1.0..=7.0).contains(&waiters), "{waiters}");
 }
+
+/// A node whose 1 MiB memory tier is full of small objects that are read often, so that a
+/// large object read once is declined by admission. With `disk`, a disk tier under it.
+async fn node_with_a_hot_memory_tier(s3: &S3Server, disk: Option<&Path>) -> Imgedge {
+    let mut extra = "cache:\n  memory_bytes: 1 MiB\n  max_object_bytes: 1 MiB\n".to_string();
+    if let Some(dir) = disk {
+        extra += &format!(
+            "  disk:\n    dir: {}\n    max_bytes: 64 MiB\n",
+            dir.display()
+        );
+    }
+    let node = Imgedge::start(s3, &extra).await;
+    // 140 JPEGs of 5-11 KB: more than the tier's main area holds.
+    let small: Vec<String> = (0..140)
+        .map(|i| format!("/image/{KITE}?size={}x", 260 + i))
+        .collect();
+    for u in &small {
+        assert_eq!(fetch(&node, u).await.0, 200, "{u}");
+    }
+    for _ in 0..20 {
+        for chunk in small.chunks(10) {
+            for (status, _, _) in join_all(chunk.iter().map(|u| fetch(&node, u))).await {
+                assert_eq!(status, 200);
+            }
+        }
+    }
+    let held = node
+        .metric("imgedge_cache_bytes", &[("tier", "memory")])
+        .await;
+    assert!(held > 900_000.0, "memory tier holds only {held} bytes");
+    if disk.is_some() {
+        node.wait_metric("imgedge_cache_objects", &[("tier", "disk")], 140.0)
+            .await;
+    }
+    node
+}
+
+/// Eight concurrent requests for a ~45 KB variant: one S3 GET, one resize, eight identical
+/// bodies, although admission declines the object.
+async fn eight_waiters_one_fill(node: &Imgedge, s3: &S3Server, u: &str) -> Vec<u8> {
+    let (gets, transforms) = (s3.gets(KITE), node.transforms().await);
+    let answers = join_all((0..8).map(|_| fetch(node, u))).await;
+    for (status, _, body) in &answers {
+        assert_eq!(*status, 200);
+        assert!(*body == answers[0].2, "waiters got different bodies");
+    }
+    assert!(answers[0].2.len() > 30_000, "{} bytes", answers[0].2.len());
+    assert_eq!(s3.gets(KITE), gets + 1, "one S3 GET for eight requests");
+    assert_eq!(node.transforms().await, transforms + 1.0);
+    answers[0].2.clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_declined_fill_serves_its_waiters_then_lives_on_disk() {
+    let s3 = s3_with_samples().await;
+    let cache_dir = tempfile::tempdir().unwrap();
+    let node = node_with_a_hot_memory_tier(&s3, Some(cache_dir.path())).await;
+    let large = format!("/image/{KITE}?size=950x");
+    let body = eight_waiters_one_fill(&node, &s3, &large).await;
+    // Once its disk write lands it leaves memory: the next request is a disk hit, which
+    // admission again keeps out of the hot memory tier.
+    node.wait_metric("imgedge_cache_objects", &[("tier", "disk")], 141.0)
+        .await;
+    let disk_hits = || {
+        node.metric(
+            "imgedge_cache_lookups_total",
+            &[("tier", "disk"), ("result", "hit")],
+        )
+    };
+    let (before, gets) = (disk_hits().await, s3.gets(KITE));
+    for n in 1..=2 {
+        let (status, cache, again) = fetch(&node, &large).await;
+        assert_eq!((status, cache.as_str()), (200, "HIT"));
+        assert!(again == body);
+        assert_eq!(disk_hits().await, before + f64::from(n), "served from disk");
+    }
+    assert_eq!(s3.gets(KITE), gets);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_declined_fill_serves_its_waiters_on_a_memory_only_node() {
+    let s3 = s3_with_samples().await;
+    let node = node_with_a_hot_memory_tier(&s3, None).await;
+    let large = format!("/image/{KITE}?size=950x");
+    let body = eight_waiters_one_fill(&node, &s3, &large).await;
+    // It was held in the hand-off area, not admitted: two more declined fills push it out, and
+    // it has to be fetched again.
+    for w in [960, 970] {
+        assert_eq!(
+            fetch(&node, &format!("/image/{KITE}?size={w}x")).await.1,
+            "MISS"
+        );
+    }
+    let gets = s3.gets(KITE);
+    let (status, cache, again) = fetch(&node, &large).await;
+    assert_eq!((status, cache.as_str()), (200, "MISS"));
+    assert!(again == body);
+    assert_eq!(s3.gets(KITE), gets + 1);
+}

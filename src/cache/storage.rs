@@ -1,11 +1,12 @@
 //! `pingora_cache::Storage` for the edge: lookups, fills, purges and meta updates over the tiers.
 //!
-//! Lookups try memory, then disk; a disk hit is offered to memory (TinyLFU admission decides).
-//! Fills are buffered whole and published at `finish`: readers coalesced on the cache lock wait
-//! for a complete object, and a fill that fails or is dropped half way never becomes visible, so
-//! a truncated body is never served. A finished fill goes to memory at once and to disk in the
-//! background through a bounded queue; a disk that is full or failing costs hit ratio, never a
-//! request.
+//! Lookups try memory, then disk; a disk hit is offered to memory (size-aware admission
+//! decides). Fills are buffered whole and published at `finish`: readers coalesced on the cache
+//! lock wait for a complete object, and a fill that fails or is dropped half way never becomes
+//! visible, so a truncated body is never served. A finished fill goes to memory at once (to the
+//! main area if admitted, else to the hand-off area, where the coalesced readers find it until
+//! its disk write lands) and to disk in the background through a bounded queue; a disk that is
+//! full or failing costs hit ratio, never a request.
 
 use std::any::Any;
 use std::sync::Arc;
@@ -24,12 +25,12 @@ use pingora_cache::key::HashBinary;
 use tokio::sync::Semaphore;
 
 use super::disk::DiskTier;
-use super::memory::{CachedObject, MemoryTier, MAX_OBJECT};
+use super::memory::{CachedObject, MemoryTier};
 use crate::metrics::metrics;
 
 /// The edge's storage: a memory tier over an optional disk tier.
 pub struct EdgeStorage {
-    memory: MemoryTier,
+    memory: Arc<MemoryTier>,
     disk: Option<Arc<DiskTier>>,
     write_slots: Arc<Semaphore>,
     max_object: u64,
@@ -78,10 +79,10 @@ impl EdgeStorage {
         write_queue: usize,
     ) -> Self {
         EdgeStorage {
-            memory: MemoryTier::new(memory_bytes),
+            memory: Arc::new(MemoryTier::new(memory_bytes)),
             disk: disk.map(Arc::new),
             write_slots: Arc::new(Semaphore::new(write_queue.max(1))),
-            max_object: max_object.min(MAX_OBJECT),
+            max_object,
         }
     }
 
@@ -95,7 +96,8 @@ impl EdgeStorage {
         self.disk.as_deref()
     }
 
-    /// Write `obj` to disk in the background, unless the queue is full.
+    /// Write `obj` to disk in the background, unless the queue is full. Once it is on disk its
+    /// hand-off slot in memory (if it has one) is released.
     fn write_behind(&self, obj: Arc<CachedObject>) {
         let Some(disk) = &self.disk else { return };
         let Ok(permit) = self.write_slots.clone().try_acquire_owned() else {
@@ -106,14 +108,18 @@ impl EdgeStorage {
             return;
         };
         let disk = disk.clone();
+        let memory = self.memory.clone();
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
-            if let Err(e) = disk.write(&obj) {
-                metrics()
-                    .cache_write_failures
-                    .with_label_values(&["disk", "io"])
-                    .inc();
-                disk.warn_throttled("write", &e);
+            match disk.write(&obj) {
+                Ok(()) => memory.landed(&obj),
+                Err(e) => {
+                    metrics()
+                        .cache_write_failures
+                        .with_label_values(&["disk", "io"])
+                        .inc();
+                    disk.warn_throttled("write", &e);
+                }
             }
         });
     }
@@ -270,7 +276,9 @@ impl HandleMiss for Fill {
             body: self.body.freeze(),
         });
         let size = obj.size() as usize;
-        self.storage.memory.put(obj.clone());
+        // Admitted or handed off, the object is readable by the requests waiting on this fill
+        // before the lock is released (it is released after `finish` returns).
+        self.storage.memory.fill(obj.clone());
         self.storage.write_behind(obj);
         Ok(MissFinishType::Created(size))
     }
@@ -369,7 +377,7 @@ impl Storage for EdgeStorage {
             meta: meta.serialize()?,
             body,
         });
-        self.memory.put(obj.clone());
+        self.memory.fill(obj.clone());
         self.write_behind(obj);
         Ok(true)
     }

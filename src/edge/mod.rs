@@ -234,7 +234,7 @@ impl ProxyHttp for Edge {
     fn request_cache_filter(&self, session: &mut Session, _ctx: &mut EdgeCtx) -> Result<()> {
         session.cache.enable(
             self.cache.storage,
-            None, // the memory tier evicts by itself (TinyUFO)
+            None, // the memory tier runs its own size-aware eviction and admission
             None,
             Some(self.cache.lock),
             Some({
