@@ -250,6 +250,22 @@ fn avif_sources_decode_with_their_limits_checked_first() {
     assert!(err.to_string().contains("1600x1066"), "{err}");
     s.limits.max_source_pixels = 1600 * 1066;
     assert!(run_with(&src, "size=100x", &s).is_ok());
+    // A bomb: the same file declaring 60000x60000 is refused from the container, at once.
+    let ispe = src.windows(4).position(|w| w == b"ispe").unwrap() + 8; // after version/flags
+    let mut bomb = src.clone();
+    bomb[ispe..ispe + 8].copy_from_slice(&[0, 0, 0xEA, 0x60, 0, 0, 0xEA, 0x60]);
+    let t = Instant::now();
+    let err = run(&bomb, "size=100x").unwrap_err();
+    assert!(err.to_string().contains("60000x60000"), "{err}");
+    assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+    // A container that understates its size (16x16) is still held to the limit by the AV1
+    // sequence header, before the decoder is opened.
+    let mut liar = src.clone();
+    liar[ispe..ispe + 8].copy_from_slice(&[0, 0, 0, 16, 0, 0, 0, 16]);
+    s.limits.max_source_pixels = 100_000;
+    let err = run_with(&liar, "size=100x", &s).unwrap_err();
+    assert_eq!(err.status(), 422);
+    assert!(err.to_string().contains("1600x1066"), "{err}");
     // Cut anywhere, it is a clean 422, never a panic or a grey guess.
     for cut in [100, 300, src.len() / 2, src.len() - 1000] {
         let err = run(&src[..cut], "size=100x").unwrap_err();
