@@ -29,6 +29,11 @@ CASES = [
     # Not one of the issue's cases: a dense, sharp landscape (more entropy to decode, and
     # JPEG/WebP noise that lowers any SSIM between two encodes), to show the spread.
     ("2mp-textured-jpeg-400", "in-2mp-textured.jpg", "size=400x", 400, ".jpg"),
+    # Not issue cases either: where the WebP row's SSIM goes. The same resize with a lossless
+    # output shows how far the two engines' pixels are apart before any lossy encoder; libvips'
+    # own 400w pixels, encoded by both sides (no resize), show whether the encoders agree.
+    ("2mp-jpeg-400-lossless", "in-2mp.jpg", "size=400x&format=png", 400, ".png"),
+    ("webp-encoder-only", "in-2mp-vips400.png", "size=400x&format=webp", 400, ".webp"),
 ]
 SAVE = {".jpg": dict(Q=80, subsample_mode="on", keep="none"),
         ".webp": dict(Q=80, keep="none"),
@@ -49,6 +54,9 @@ def prepare(d):
     two = kite.resize(1790 / kite.width, kernel="lanczos3")
     two.jpegsave(os.path.join(d, "in-2mp.jpg"), Q=90, subsample_mode="on", keep="none")
     two.pngsave(os.path.join(d, "in-2mp.png"), compression=6, keep="none")
+    jpeg = open(os.path.join(d, "in-2mp.jpg"), "rb").read()
+    pyvips.Image.thumbnail_buffer(jpeg, 400, height=10_000_000, size="down").pngsave(
+        os.path.join(d, "in-2mp-vips400.png"), compression=1, keep="none")
     mid = pyvips.Image.new_from_file(os.path.join(CORPUS, "jpeg-progressive-3088x2056.jpg"))
     tex = mid.resize(1732 / mid.width, kernel="lanczos3")  # 1732x1153
     tex.jpegsave(os.path.join(d, "in-2mp-textured.jpg"), Q=90, subsample_mode="on", keep="none")

@@ -1,5 +1,8 @@
-//! Encode pixels as JPEG (libjpeg-turbo, 4:2:0), PNG (fast compression) or lossy WebP (libwebp).
+//! Encode pixels as JPEG (libjpeg-turbo, 4:2:0), PNG (fast compression) or lossy WebP (libwebp 1.6,
+//! called directly through libwebp-sys).
 //! Nothing from the original (EXIF, ICC, text) is carried over: outputs are pixels only, in sRGB.
+
+use std::mem::MaybeUninit;
 
 use image::codecs::png::{CompressionType, FilterType, PngEncoder};
 use image::{ExtendedColorType, ImageEncoder};
@@ -42,19 +45,79 @@ pub fn encode(px: &Pixels, format: OutputFormat, quality: u8) -> Result<Vec<u8>>
                 .write_image(&px.data, px.width, px.height, color)
                 .map_err(fail)?;
         }
-        OutputFormat::Webp => {
-            let enc = if px.has_alpha {
-                webp::Encoder::from_rgba(&px.data, px.width, px.height)
-            } else {
-                webp::Encoder::from_rgb(&px.data, px.width, px.height)
-            };
-            let mem = enc
-                .encode_simple(false, f32::from(quality))
-                .map_err(|e| Error::unprocessable(format!("cannot encode webp: {e:?}")))?;
-            out.extend_from_slice(&mem);
-        }
+        OutputFormat::Webp => out = encode_webp(px, quality)?,
     }
     Ok(out)
+}
+
+/// Lossy WebP through libwebp 1.6 (libwebp-sys builds it from source), with libwebp's default
+/// preset at `quality` and method 4 — what libvips' `webpsave` does at the same Q, with the same
+/// libwebp release, so identical pixels encode to identical bytes.
+fn encode_webp(px: &Pixels, quality: u8) -> Result<Vec<u8>> {
+    use libwebp_sys as w;
+    let fail = |what: &str| Error::unprocessable(format!("cannot encode webp: {what}"));
+    let abi = w::WEBP_ENCODER_ABI_VERSION as std::ffi::c_int;
+    let ch = if px.has_alpha { 4 } else { 3 };
+    let stride = std::ffi::c_int::try_from(px.width as usize * ch).map_err(|_| fail("too wide"))?;
+    let (width, height) = (
+        std::ffi::c_int::try_from(px.width).map_err(|_| fail("too wide"))?,
+        std::ffi::c_int::try_from(px.height).map_err(|_| fail("too tall"))?,
+    );
+    if px.data.len() < px.width as usize * px.height as usize * ch {
+        return Err(Error::Internal("webp: pixel buffer too small".into()));
+    }
+    let mut config = MaybeUninit::<w::WebPConfig>::uninit();
+    // SAFETY: WebPConfigInitInternal fills the whole struct when it returns non-zero.
+    let config = unsafe {
+        if w::WebPConfigInitInternal(
+            config.as_mut_ptr(),
+            w::WebPPreset::WEBP_PRESET_DEFAULT,
+            f32::from(quality),
+            abi,
+        ) == 0
+        {
+            return Err(fail("libwebp version mismatch"));
+        }
+        config.assume_init()
+    };
+    let mut pic = MaybeUninit::<w::WebPPicture>::uninit();
+    // SAFETY: as above, for the picture.
+    let mut pic = unsafe {
+        if w::WebPPictureInitInternal(pic.as_mut_ptr(), abi) == 0 {
+            return Err(fail("libwebp version mismatch"));
+        }
+        pic.assume_init()
+    };
+    pic.width = width;
+    pic.height = height;
+    let mut writer = MaybeUninit::<w::WebPMemoryWriter>::uninit();
+    // SAFETY: WebPMemoryWriterInit initialises the writer (empty buffer).
+    let mut writer = unsafe {
+        w::WebPMemoryWriterInit(writer.as_mut_ptr());
+        writer.assume_init()
+    };
+    pic.writer = Some(w::WebPMemoryWrite);
+    pic.custom_ptr = std::ptr::addr_of_mut!(writer).cast();
+    // SAFETY: `data` holds height rows of `stride` bytes (checked above); the picture copies
+    // them into its own YUV planes. `writer` outlives the encode. Everything libwebp allocated
+    // is freed below on every path.
+    let result = unsafe {
+        let imported = if px.has_alpha {
+            w::WebPPictureImportRGBA(&mut pic, px.data.as_ptr(), stride)
+        } else {
+            w::WebPPictureImportRGB(&mut pic, px.data.as_ptr(), stride)
+        };
+        let ok = imported != 0 && w::WebPEncode(&config, &mut pic) != 0;
+        let out = if ok && !writer.mem.is_null() {
+            Ok(std::slice::from_raw_parts(writer.mem, writer.size).to_vec())
+        } else {
+            Err(fail(&format!("{:?}", pic.error_code)))
+        };
+        w::WebPPictureFree(&mut pic);
+        w::WebPMemoryWriterClear(&mut writer);
+        out
+    };
+    result
 }
 
 #[cfg(test)]
