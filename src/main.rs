@@ -100,18 +100,12 @@ fn sign(cfg: &Config, url: &str) -> Result<String, String> {
     use imgedge::policy::signing::{self, Signer};
     let signer = Signer::new(&cfg.policy.signing_keys)
         .ok_or("policy.signing_keys is empty: nothing to sign with")?;
-    let path_start = match url.find("://") {
-        Some(i) => url[i + 3..]
-            .find('/')
-            .map(|j| i + 3 + j)
-            .ok_or("the URL has no path")?,
-        None => 0,
-    };
-    let (origin, target) = url.split_at(path_start);
-    let (path, query) = match target.split_once('?') {
-        Some((p, q)) => (p, Some(q)),
-        None => (target, None),
-    };
+    let (path, query) =
+        imgedge::warm::logs::split_target(url).map_err(|e| format!("{url}: {e}"))?;
+    // Scheme and host as given (the path is the first `/` after them).
+    let host_at = url.find("://").map_or(0, |i| i + 3);
+    let origin = url[host_at..].find('/').map_or("", |i| &url[..host_at + i]);
+    let (path, query) = (path.as_str(), query.as_deref());
     let variant = imgedge::variant::Variant::parse(path, query, &cfg.parse_options())
         .map_err(|e| e.to_string())?;
     let kept: Vec<&str> = query

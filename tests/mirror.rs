@@ -8,14 +8,6 @@ use common::*;
 
 const KITE: &str = "3972b16287e5kite.jpg";
 
-fn x_cache(r: &reqwest::Response) -> String {
-    r.headers()
-        .get("x-cache")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_string()
-}
-
 fn mirror_yaml(target: &str, extra: &str) -> String {
     format!("mirror:\n  target: {target}\n  sample: 1.0\n{extra}")
 }

@@ -66,14 +66,6 @@ fn args(node: &Imgedge, extra: &[&str]) -> Vec<String> {
     a
 }
 
-fn x_cache(r: &reqwest::Response) -> String {
-    r.headers()
-        .get("x-cache")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_string()
-}
-
 /// Every supported format, noisy duplicates, and lines that must be counted as bad or skipped.
 fn mixed_log() -> String {
     let k = KITE;

@@ -304,18 +304,23 @@ impl Imgedge {
             .unwrap()
     }
 
-    /// Sum of the samples of one metric whose label set contains every `labels` pair.
-    pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        let text = self
-            .client
+    /// The admin listener's `/metrics` text.
+    pub async fn metrics_text(&self) -> String {
+        self.client
             .get(format!("{}/metrics", self.admin))
             .send()
             .await
             .unwrap()
             .text()
             .await
-            .unwrap();
-        text.lines()
+            .unwrap()
+    }
+
+    /// Sum of the samples of one metric whose label set contains every `labels` pair.
+    pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.metrics_text()
+            .await
+            .lines()
             .filter(|l| !l.starts_with('#'))
             .filter(|l| l.split(['{', ' ']).next() == Some(name))
             .filter(|l| {
@@ -455,6 +460,15 @@ pub fn tls_client(certs: &Path, http1_only: bool, names: &[&str], port: u16) -> 
         b = b.resolve(n, SocketAddr::from(([127, 0, 0, 1], port)));
     }
     b.build().unwrap()
+}
+
+/// The `X-Cache` header, or "" without one.
+pub fn x_cache(r: &reqwest::Response) -> String {
+    r.headers()
+        .get("x-cache")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string()
 }
 
 /// Decode an image response body and return its dimensions and format.
