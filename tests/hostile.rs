@@ -84,16 +84,17 @@ async fn every_corpus_file_is_served_or_refused_with_bounded_memory() {
                     assert_eq!(status, 422, "{what}: {}", String::from_utf8_lossy(&body));
                     assert!(took < Duration::from_secs(1), "{what} took {took:?}");
                 }
-                // No AV1 decoder: originals pass through (their box structure is checked),
-                // resizes are refused.
-                (_, "avif") if !q.is_empty() => assert_eq!(status, 422, "{what}"),
                 _ => {
                     assert_eq!(status, 200, "{what}: {}", String::from_utf8_lossy(&body));
                     if r.file.contains("polyglot") {
                         assert_ne!(&body[..], &originals[i][..], "{what} passed through");
                         assert!(!body.windows(4).any(|w| w == b"PK\x03\x04"), "{what}");
                     }
-                    if r.format != "avif" {
+                    if r.format == "avif" && q.is_empty() {
+                        // Served as stored once it fully decoded (the test's image crate has
+                        // no AVIF decoder to check it with).
+                        assert_eq!(&body[..], &originals[i][..], "{what}");
+                    } else {
                         let _ = dims(&body);
                     }
                 }

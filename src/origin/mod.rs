@@ -188,9 +188,7 @@ impl Origin {
                     .pool
                     .run(&slot, move || {
                         let format = transform::require_image(&original)?;
-                        if format != transform::sniff::SourceFormat::Avif {
-                            transform::decode::validate(&original, format, &settings.limits)?;
-                        }
+                        transform::decode::validate(&original, format, &settings.limits)?;
                         let end = transform::container::image_end(&original, format);
                         if end == Some(original.len()) {
                             return Ok((format.mime(), Vec::from(original)));

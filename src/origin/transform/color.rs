@@ -8,7 +8,10 @@
 use std::cell::RefCell;
 use std::sync::Arc;
 
-use moxcms::{ColorProfile, DataColorSpace, Layout, Transform8BitExecutor, TransformOptions};
+use moxcms::{
+    CicpColorPrimaries, CicpProfile, ColorProfile, DataColorSpace, Layout, MatrixCoefficients,
+    TransferCharacteristics, Transform8BitExecutor, TransformOptions,
+};
 
 /// Profiles whose transform is kept per thread.
 const CACHED_TRANSFORMS: usize = 4;
@@ -86,6 +89,25 @@ pub fn to_srgb(data: &mut [u8], channels: usize, icc: &[u8]) {
     }
 }
 
+/// An ICC profile for pixels described only by CICP code points (AVIF `nclx`), or `None` when
+/// they are sRGB already (BT.709 or unspecified primaries with an SDR transfer), or when the
+/// transfer is HDR (PQ, HLG: tone mapping is not done here) or unknown to moxcms.
+pub fn cicp_profile(primaries: u8, transfer: u8) -> Option<Vec<u8>> {
+    const SDR: [u8; 6] = [1, 2, 6, 13, 14, 15];
+    if !SDR.contains(&transfer) || matches!(primaries, 1 | 2) {
+        return None;
+    }
+    // Unspecified transfer with wide primaries: sRGB's curve, as browsers assume.
+    let transfer = if transfer == 2 { 13 } else { transfer };
+    let cicp = CicpProfile {
+        color_primaries: CicpColorPrimaries::try_from(primaries).ok()?,
+        transfer_characteristics: TransferCharacteristics::try_from(transfer).ok()?,
+        matrix_coefficients: MatrixCoefficients::Bt709, // RGB samples: unused
+        full_range: true,
+    };
+    ColorProfile::new_from_cicp(cicp).encode().ok()
+}
+
 /// CMYK8 to RGB8. `inverted` is the Adobe convention (Photoshop writes 255 = no ink), which
 /// every CMYK JPEG with an Adobe marker uses; without a CMYK profile the naive conversion is
 /// what browsers and Pillow do.
@@ -131,5 +153,16 @@ mod tests {
         to_srgb(&mut px, 4, &p3);
         // P3 red is more saturated than sRGB red: red goes up (or clips), alpha stays.
         assert!(px[0] > 200 && px[3] == 128, "{px:?}");
+    }
+
+    #[test]
+    fn cicp_gives_a_profile_only_for_wide_gamut_sdr() {
+        assert_eq!(cicp_profile(1, 13), None); // sRGB
+        assert_eq!(cicp_profile(2, 2), None); // unspecified: taken as sRGB
+        assert_eq!(cicp_profile(9, 16), None); // BT.2020 PQ: HDR, left alone
+        let p3 = cicp_profile(12, 13).expect("Display P3");
+        let mut px = vec![200, 30, 30];
+        to_srgb(&mut px, 3, &p3);
+        assert!(px[0] > 200, "{px:?}");
     }
 }

@@ -2,7 +2,8 @@
 //! pixel buffer is allocated.
 //!
 //! JPEG goes through libjpeg-turbo ([`super::jpeg`]), decoded at the smallest IDCT scale the
-//! planned output allows; everything else through the `image` crate. Either way the result is
+//! planned output allows; AVIF through rav1d ([`super::avif`]); everything else through the
+//! `image` crate. Either way the result is
 //! upright (EXIF orientation applied) RGB8/RGBA8 plus the source's ICC profile, which is applied
 //! after the resize.
 
@@ -13,7 +14,7 @@ use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, Limits};
 
 use super::geometry::{self, Plan};
 use super::sniff::SourceFormat;
-use super::{color, container, jpeg, TransformLimits};
+use super::{avif, color, container, jpeg, TransformLimits};
 use crate::error::{Error, Result};
 use crate::variant::Resize;
 
@@ -47,9 +48,7 @@ fn image_format(f: SourceFormat) -> Result<ImageFormat> {
         SourceFormat::Webp => ImageFormat::WebP,
         SourceFormat::Gif => ImageFormat::Gif,
         SourceFormat::Tiff => ImageFormat::Tiff,
-        SourceFormat::Avif => {
-            return Err(Error::unprocessable("avif sources are not supported yet"));
-        }
+        SourceFormat::Avif => return Err(Error::Internal("avif goes through avif::decode".into())),
     })
 }
 
@@ -73,7 +72,8 @@ pub fn validate(bytes: &[u8], format: SourceFormat, limits: &TransformLimits) ->
     decode(bytes, format, limits, Some(tiny)).map(drop)
 }
 
-fn check_pixels(w: u32, h: u32, limits: &TransformLimits) -> Result<()> {
+/// Refuse a declared size with no pixels or over `limits.max_source_pixels`.
+pub(super) fn check_pixels(w: u32, h: u32, limits: &TransformLimits) -> Result<()> {
     if w == 0 || h == 0 {
         return Err(Error::unprocessable("image has no pixels"));
     }
@@ -118,8 +118,16 @@ pub fn decode(
     resize: Option<Resize>,
 ) -> Result<Decoded> {
     container::check(bytes, format, limits.max_frames, limits.max_metadata_bytes)?;
-    if format == SourceFormat::Jpeg {
-        return decode_jpeg(bytes, limits, resize);
+    match format {
+        SourceFormat::Jpeg => return decode_jpeg(bytes, limits, resize),
+        SourceFormat::Avif => {
+            let pixels = avif::decode(bytes, limits)?;
+            return Ok(Decoded {
+                plan: geometry::plan(pixels.width, pixels.height, resize),
+                pixels,
+            });
+        }
+        _ => {}
     }
     let mut decoder = open(bytes, format, limits)?;
     let (w, h) = decoder.dimensions();

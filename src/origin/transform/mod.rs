@@ -3,6 +3,7 @@
 //! Everything here is synchronous and CPU-bound; it runs on the resize pool
 //! ([`crate::origin::pool`]), never on an async thread.
 
+pub mod avif;
 pub mod color;
 pub mod container;
 pub mod decode;
