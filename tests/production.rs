@@ -245,7 +245,9 @@ async fn metrics_and_health_are_on_the_admin_listener_only() {
     let path = format!("/image/{ID}?size=50x50");
     assert_eq!(node.get(&path).await.status(), 200);
     assert_eq!(node.get(&path).await.headers()["x-cache"], "HIT");
-    let text = node.metrics_text().await;
+    let text = node
+        .metrics_text_with("imgedge_requests_total{cache=\"hit\",status=\"200\"} 1")
+        .await;
     for needle in [
         "imgedge_requests_total{cache=\"hit\",status=\"200\"} 1",
         "imgedge_requests_total{cache=\"miss\",status=\"200\"} 1",

@@ -316,6 +316,20 @@ impl Imgedge {
             .unwrap()
     }
 
+    /// The metrics text once it contains `needle`. Requests are counted in Pingora's logging
+    /// phase, after the response has gone out, so a client can read /metrics before its own
+    /// last request is counted; wait (up to 5 s) instead of racing it.
+    pub async fn metrics_text_with(&self, needle: &str) -> String {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let text = self.metrics_text().await;
+            if text.contains(needle) || std::time::Instant::now() > deadline {
+                return text;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
     /// Sum of the samples of one metric whose label set contains every `labels` pair.
     pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
         self.metrics_text()
