@@ -1,17 +1,13 @@
 //! The miss path's CPU work: decode → resize → encode, one image at a time on one thread.
-//! Inputs are the samples in conf/samples.
+//! Inputs are the samples in conf/samples and one AVIF from tests/corpus.
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use imgedge::origin::transform::{transform, TransformLimits, TransformSettings};
 use imgedge::variant::{ParseOptions, Variant};
 use std::hint::black_box;
 
-fn sample(name: &str) -> Vec<u8> {
-    std::fs::read(format!(
-        "{}/conf/samples/{name}",
-        env!("CARGO_MANIFEST_DIR")
-    ))
-    .unwrap()
+fn sample(path: &str) -> Vec<u8> {
+    std::fs::read(format!("{}/{path}", env!("CARGO_MANIFEST_DIR"))).unwrap()
 }
 
 fn bench(c: &mut Criterion) {
@@ -24,16 +20,25 @@ fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("transform");
     g.sample_size(20);
     for (name, file, query) in [
-        ("4MP jpeg -> 400w jpeg", "kite.jpg", "size=400x"),
+        (
+            "4MP jpeg -> 400w jpeg",
+            "conf/samples/kite.jpg",
+            "size=400x",
+        ),
         (
             "4MP jpeg -> 400x400 cover webp",
-            "kite.jpg",
+            "conf/samples/kite.jpg",
             "size=400x400&format=webp",
         ),
         (
             "0.26MP rgba png -> 200 png",
-            "astronaut.png",
+            "conf/samples/astronaut.png",
             "size=200x200",
+        ),
+        (
+            "1.7MP avif -> 400w jpeg",
+            "tests/corpus/valid/avif-1600x1066.avif",
+            "size=400x&format=jpeg",
         ),
     ] {
         let src = sample(file);
