@@ -67,38 +67,75 @@ pub fn reduce(
     let win_w = ax.hi - ax.lo;
     let row_len = win_w * channels;
 
-    // Vertical first, on the columns the horizontal pass will read, as libvips does.
-    let mut mid = vec![0u8; ay.out * row_len];
+    // Vertical first, on the columns the horizontal pass will read, as libvips does; its
+    // 8-bit result is what the horizontal pass reads.
     let col0 = ax.lo * channels;
-    let rows = |r: usize| -> &[u8] {
-        let at = r * stride + col0;
-        src.get(at..at + row_len).unwrap_or(&[])
-    };
-    if ay.k > 1 {
-        let boxed = box_rows(&ay, row_len, rows);
-        vertical(&ay, row_len, |r| boxed.get(r * row_len..(r + 1) * row_len).unwrap_or(&[]), &mut mid);
-    } else {
-        vertical(&ay, row_len, |r| rows(ay.lo + r), &mut mid);
-    }
+    SCRATCH.with(|scratch| {
+        let mut scratch = scratch.borrow_mut();
+        let Scratch { boxed, mid, line, acc } = &mut *scratch;
+        stage(&ay, row_len, |r| {
+            let at = (ay.lo + r) * stride + col0;
+            src.get(at..at + row_len).unwrap_or(&[])
+        }, boxed, acc, mid);
 
-    let out_row = ax.out * channels;
-    let mut out = vec![0u8; ay.out * out_row];
-    let mut boxed_row = vec![0u8; if ax.k > 1 { ax.len_after_box * channels } else { 0 }];
-    for (line, dst) in mid.chunks_exact(row_len).zip(out.chunks_exact_mut(out_row)) {
-        let line = if ax.k > 1 {
-            box_row(line, channels, ax.k, &mut boxed_row);
-            &boxed_row[..]
+        let hcoef = HCoef::new(&ax);
+        let out_row = ax.out * channels;
+        let mut out = vec![0u8; ay.out * out_row];
+        // Rows are read in place; the last 16-byte load may run past a row (its coefficients
+        // are 0), so the buffers end with 32 spare bytes.
+        if ax.k > 1 {
+            let boxed_len = ax.len_after_box * channels;
+            line.clear();
+            line.resize(boxed_len + 32, 0);
+            for (src_row, dst) in mid.chunks_exact(row_len).zip(out.chunks_exact_mut(out_row)) {
+                box_row(src_row, channels, ax.k, line);
+                horizontal(&hcoef, channels, line, dst);
+            }
         } else {
-            line
-        };
-        match channels {
-            1 => horizontal::<1>(&ax, line, dst),
-            2 => horizontal::<2>(&ax, line, dst),
-            3 => horizontal::<3>(&ax, line, dst),
-            _ => horizontal::<4>(&ax, line, dst),
+            let rows = mid.len();
+            mid.resize(rows + 32, 0);
+            for (y, dst) in out.chunks_exact_mut(out_row).enumerate() {
+                horizontal(&hcoef, channels, mid.get(y * row_len..).unwrap_or(&[]), dst);
+            }
         }
+        Ok(out)
+    })
+}
+
+/// Buffers reused between images on the same (pool) thread.
+#[derive(Default)]
+struct Scratch {
+    boxed: Vec<u8>,
+    mid: Vec<u8>,
+    line: Vec<u8>,
+    acc: Vec<i32>,
+}
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch::default());
+}
+
+/// One axis over rows of `row_len` samples (`rows(r)`, `r` relative to the window): the box
+/// pre-shrink if any, then the Lanczos pass, into `out` (`axis.out` rows).
+fn stage<'a>(
+    axis: &Axis,
+    row_len: usize,
+    rows: impl Fn(usize) -> &'a [u8],
+    boxed: &mut Vec<u8>,
+    acc: &mut Vec<i32>,
+    out: &mut Vec<u8>,
+) {
+    out.clear();
+    out.resize(axis.out * row_len, 0);
+    acc.clear();
+    acc.resize(row_len, 0);
+    if axis.k > 1 {
+        box_rows(axis, row_len, rows, boxed, acc);
+        let boxed = &boxed[..];
+        taps_pass(axis, row_len, |r| boxed.get(r * row_len..(r + 1) * row_len).unwrap_or(&[]), acc, out);
+    } else {
+        taps_pass(axis, row_len, rows, acc, out);
     }
-    Ok(out)
 }
 
 fn bad(what: &str) -> Error {
@@ -267,44 +304,72 @@ fn box_avg(sum: u32, k: usize) -> u8 {
 }
 
 /// Vertical box pre-shrink of the window's rows (`ceil`: the last box repeats the last row).
-fn box_rows<'a>(ay: &Axis, row_len: usize, rows: impl Fn(usize) -> &'a [u8]) -> Vec<u8> {
-    let n = ay.len_after_box;
+fn box_rows<'a>(
+    ay: &Axis,
+    row_len: usize,
+    rows: impl Fn(usize) -> &'a [u8],
+    out: &mut Vec<u8>,
+    sum: &mut [i32],
+) {
     let win = ay.hi - ay.lo;
-    let mut out = vec![0u8; n * row_len];
-    let mut sum = vec![0u32; row_len];
+    out.clear();
+    out.resize(ay.len_after_box * row_len, 0);
     for (j, dst) in out.chunks_exact_mut(row_len).enumerate() {
         sum.iter_mut().for_each(|s| *s = 0);
         for t in 0..ay.k {
-            let r = (j * ay.k + t).min(win - 1);
-            for (s, &p) in sum.iter_mut().zip(rows(ay.lo + r)) {
-                *s += u32::from(p);
-            }
+            add_row(sum, rows((j * ay.k + t).min(win - 1)));
         }
-        for (d, &s) in dst.iter_mut().zip(&sum) {
-            *d = box_avg(s, ay.k);
+        for (d, &s) in dst.iter_mut().zip(sum.iter()) {
+            *d = box_avg(s as u32, ay.k);
         }
     }
-    out
 }
 
-/// Horizontal box pre-shrink of one row into `dst` (`len_after_box * channels` samples).
+/// Horizontal box pre-shrink of one row into `dst` (`ceil`: the last box repeats the edge).
 fn box_row(line: &[u8], channels: usize, k: usize, dst: &mut [u8]) {
-    let n = line.len() / channels;
-    for (j, px) in dst.chunks_exact_mut(channels).enumerate() {
-        for (c, d) in px.iter_mut().enumerate() {
-            let mut sum = 0u32;
-            for t in 0..k {
-                let x = (j * k + t).min(n - 1);
-                sum += u32::from(line.get(x * channels + c).copied().unwrap_or(0));
+    match channels {
+        1 => box_row_n::<1>(line, k, dst),
+        2 => box_row_n::<2>(line, k, dst),
+        3 => box_row_n::<3>(line, k, dst),
+        _ => box_row_n::<4>(line, k, dst),
+    }
+}
+
+fn box_row_n<const C: usize>(line: &[u8], k: usize, dst: &mut [u8]) {
+    let n = line.len() / C;
+    let full = n / k;
+    let mut px = dst.chunks_exact_mut(C);
+    for (block, d) in line.chunks_exact(k * C).zip(px.by_ref()) {
+        let mut sum = [0u32; C];
+        for p in block.chunks_exact(C) {
+            for c in 0..C {
+                sum[c] += u32::from(p[c]);
             }
-            *d = box_avg(sum, k);
+        }
+        for c in 0..C {
+            d[c] = box_avg(sum[c], k);
+        }
+    }
+    if full * k < n {
+        if let Some(d) = px.next() {
+            for (c, dc) in d.iter_mut().enumerate() {
+                let sum: u32 = (full * k..full * k + k)
+                    .map(|x| u32::from(line.get(x.min(n - 1) * C + c).copied().unwrap_or(0)))
+                    .sum();
+                *dc = box_avg(sum, k);
+            }
         }
     }
 }
 
-/// Vertical pass: each output row is a weighted sum of `taps` whole input rows.
-fn vertical<'a>(ay: &Axis, row_len: usize, rows: impl Fn(usize) -> &'a [u8], out: &mut [u8]) {
-    let mut acc = vec![0i32; row_len];
+/// The Lanczos pass: each output row is a weighted sum of `taps` whole input rows.
+fn taps_pass<'a>(
+    ay: &Axis,
+    row_len: usize,
+    rows: impl Fn(usize) -> &'a [u8],
+    acc: &mut [i32],
+    out: &mut [u8],
+) {
     for (o, dst) in out.chunks_exact_mut(row_len).enumerate() {
         let start = ay.start.get(o).copied().unwrap_or(0);
         let coef = ay.coef.get(o * ay.taps..(o + 1) * ay.taps).unwrap_or(&[]);
@@ -312,13 +377,13 @@ fn vertical<'a>(ay: &Axis, row_len: usize, rows: impl Fn(usize) -> &'a [u8], out
         let mut i = 0;
         // Two rows per sweep halves the accumulator traffic.
         while i + 1 < coef.len() {
-            accumulate2(&mut acc, rows(start + i), coef[i], rows(start + i + 1), coef[i + 1]);
+            accumulate2(acc, rows(start + i), coef[i], rows(start + i + 1), coef[i + 1]);
             i += 2;
         }
         if i < coef.len() {
-            accumulate1(&mut acc, rows(start + i), coef[i]);
+            accumulate1(acc, rows(start + i), coef[i]);
         }
-        finish(&acc, dst);
+        finish(acc, dst);
     }
 }
 
@@ -353,6 +418,11 @@ multiversion! {
             *s += ka * i32::from(p);
         }
     }
+    fn add_row(acc: &mut [i32], a: &[u8]) {
+        for (s, &p) in acc.iter_mut().zip(a) {
+            *s += i32::from(p);
+        }
+    }
     fn finish(acc: &[i32], dst: &mut [u8]) {
         for (d, &s) in dst.iter_mut().zip(acc) {
             *d = (s >> COEF_SHIFT).clamp(0, 255) as u8;
@@ -360,15 +430,67 @@ multiversion! {
     }
 }
 
-/// Horizontal pass over one row: each output pixel sums `taps` neighbouring input pixels.
-fn horizontal<const C: usize>(ax: &Axis, line: &[u8], dst: &mut [u8]) {
-    let taps = ax.taps;
+/// Horizontal coefficients, tap count rounded up to even, as i16 pairs packed in an i32 (the
+/// operand layout of `pmaddwd`).
+struct HCoef {
+    start: Vec<usize>,
+    pairs: usize,
+    packed: Vec<i32>,
+    /// The same coefficients, unpacked, for the portable path.
+    coef: Vec<i32>,
+    taps: usize,
+}
+
+impl HCoef {
+    fn new(ax: &Axis) -> HCoef {
+        let pairs = ax.taps.div_ceil(2);
+        let mut packed = Vec::with_capacity(ax.out * pairs);
+        for c in ax.coef.chunks_exact(ax.taps) {
+            for p in c.chunks(2) {
+                let lo = p.first().copied().unwrap_or(0) as i16 as u16;
+                let hi = p.get(1).copied().unwrap_or(0) as i16 as u16;
+                packed.push(((u32::from(hi) << 16) | u32::from(lo)) as i32);
+            }
+        }
+        HCoef {
+            start: ax.start.clone(),
+            pairs,
+            packed,
+            coef: ax.coef.clone(),
+            taps: ax.taps,
+        }
+    }
+}
+
+/// Horizontal pass over one row (`line`: the window, padded by 16 bytes).
+fn horizontal(h: &HCoef, channels: usize, line: &[u8], dst: &mut [u8]) {
+    #[cfg(target_arch = "x86_64")]
+    if (channels == 3 || channels == 4) && std::arch::is_x86_feature_detected!("ssse3") {
+        // SAFETY: SSSE3 is present, checked just above.
+        unsafe {
+            if channels == 3 {
+                horizontal_ssse3::<3>(h, line, dst)
+            } else {
+                horizontal_ssse3::<4>(h, line, dst)
+            }
+        };
+        return;
+    }
+    match channels {
+        1 => horizontal_n::<1>(h, line, dst),
+        2 => horizontal_n::<2>(h, line, dst),
+        3 => horizontal_n::<3>(h, line, dst),
+        _ => horizontal_n::<4>(h, line, dst),
+    }
+}
+
+fn horizontal_n<const C: usize>(h: &HCoef, line: &[u8], dst: &mut [u8]) {
     for ((px, &start), coef) in dst
         .chunks_exact_mut(C)
-        .zip(&ax.start)
-        .zip(ax.coef.chunks_exact(taps))
+        .zip(&h.start)
+        .zip(h.coef.chunks_exact(h.taps))
     {
-        let src = line.get(start * C..(start + taps) * C).unwrap_or(&[]);
+        let src = line.get(start * C..(start + h.taps) * C).unwrap_or(&[]);
         let mut acc = [ROUND; C];
         for (p, &k) in src.chunks_exact(C).zip(coef) {
             for c in 0..C {
@@ -378,6 +500,59 @@ fn horizontal<const C: usize>(ax: &Axis, line: &[u8], dst: &mut [u8]) {
         for c in 0..C {
             px[c] = (acc[c] >> COEF_SHIFT).clamp(0, 255) as u8;
         }
+    }
+}
+
+/// libvips' own scheme (reduceh_hwy): per output pixel and tap pair, the pixels are shuffled
+/// into `r0 r1 g0 g1 b0 b1 (a0 a1)` as i16 and `pmaddwd`-ed with the two coefficients; four
+/// taps per 16-byte load. Integer sums: the result is the portable path's, bit for bit.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "ssse3")]
+unsafe fn horizontal_ssse3<const C: usize>(h: &HCoef, line: &[u8], dst: &mut [u8]) {
+    use std::arch::x86_64::*;
+    let (lo, hi) = if C == 3 {
+        (
+            _mm_setr_epi8(0, -1, 3, -1, 1, -1, 4, -1, 2, -1, 5, -1, -1, -1, -1, -1),
+            _mm_setr_epi8(6, -1, 9, -1, 7, -1, 10, -1, 8, -1, 11, -1, -1, -1, -1, -1),
+        )
+    } else {
+        (
+            _mm_setr_epi8(0, -1, 4, -1, 1, -1, 5, -1, 2, -1, 6, -1, 3, -1, 7, -1),
+            _mm_setr_epi8(8, -1, 12, -1, 9, -1, 13, -1, 10, -1, 14, -1, 11, -1, 15, -1),
+        )
+    };
+    let round = _mm_set1_epi32(ROUND);
+    let step = 2 * C;
+    for ((px, &start), coef) in dst
+        .chunks_exact_mut(C)
+        .zip(&h.start)
+        .zip(h.packed.chunks_exact(h.pairs))
+    {
+        // The window: every 16-byte load below stays inside it.
+        let from = start * C;
+        let Some(win) = line.get(from..from + h.pairs * step + 16) else {
+            continue;
+        };
+        let p = win.as_ptr();
+        let mut sum = round;
+        let mut quads = coef.chunks_exact(2);
+        let mut at = 0;
+        for k in quads.by_ref() {
+            // SAFETY: at + 16 <= pairs * step + 16 <= win.len().
+            let bytes = _mm_loadu_si128(p.add(at) as *const __m128i);
+            sum = _mm_add_epi32(sum, _mm_madd_epi16(_mm_shuffle_epi8(bytes, lo), _mm_set1_epi32(k[0])));
+            sum = _mm_add_epi32(sum, _mm_madd_epi16(_mm_shuffle_epi8(bytes, hi), _mm_set1_epi32(k[1])));
+            at += 2 * step;
+        }
+        if let Some(&k) = quads.remainder().first() {
+            // SAFETY: as above.
+            let bytes = _mm_loadl_epi64(p.add(at) as *const __m128i);
+            sum = _mm_add_epi32(sum, _mm_madd_epi16(_mm_shuffle_epi8(bytes, lo), _mm_set1_epi32(k)));
+        }
+        let v = _mm_srai_epi32(sum, COEF_SHIFT as i32);
+        let v = _mm_packus_epi16(_mm_packs_epi32(v, v), v);
+        let b = (_mm_cvtsi128_si32(v) as u32).to_le_bytes();
+        px.copy_from_slice(&b[..C]);
     }
 }
 
