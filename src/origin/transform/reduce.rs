@@ -394,26 +394,95 @@ fn taps_pass<'a>(
     acc: &mut [i32],
     out: &mut [u8],
 ) {
+    #[cfg(target_arch = "x86_64")]
+    let avx2 = std::arch::is_x86_feature_detected!("avx2");
+    let mut taps: Vec<&[u8]> = Vec::with_capacity(ay.taps);
     for (o, dst) in out.chunks_exact_mut(row_len).enumerate() {
         let start = ay.start.get(o).copied().unwrap_or(0);
         let coef = ay.coef.get(o * ay.taps..(o + 1) * ay.taps).unwrap_or(&[]);
-        acc.iter_mut().for_each(|a| *a = ROUND);
-        let mut i = 0;
-        // Two rows per sweep halves the accumulator traffic.
-        while i + 1 < coef.len() {
-            accumulate2(
-                acc,
-                rows(start + i),
-                coef[i],
-                rows(start + i + 1),
-                coef[i + 1],
-            );
-            i += 2;
+        taps.clear();
+        taps.extend((start..start + coef.len()).map(&rows));
+        #[cfg(target_arch = "x86_64")]
+        if avx2 && taps.iter().all(|r| r.len() >= row_len) {
+            // SAFETY: AVX2 is present, checked above; every row holds `dst.len()` samples.
+            unsafe { vertical_avx2(&taps, coef, dst) };
+            continue;
         }
-        if i < coef.len() {
-            accumulate1(acc, rows(start + i), coef[i]);
+        acc.iter_mut().for_each(|a| *a = ROUND);
+        let mut pairs = taps.chunks_exact(2).zip(coef.chunks_exact(2));
+        // Two rows per sweep halves the accumulator traffic.
+        for (r, k) in pairs.by_ref() {
+            accumulate2(acc, r[0], k[0], r[1], k[1]);
+        }
+        if let (Some(&r), Some(&k)) = (taps.get(coef.len() & !1), coef.get(coef.len() & !1)) {
+            accumulate1(acc, r, k);
         }
         finish(acc, dst);
+    }
+}
+
+/// Two i16 coefficients in the layout `pmaddwd` pairs them with (low: first row).
+fn pack_pair(a: i32, b: i32) -> i32 {
+    ((u32::from(b as i16 as u16) << 16) | u32::from(a as i16 as u16)) as i32
+}
+
+/// libvips' vertical kernel (reducev_hwy): 32 samples at a time, two rows interleaved into
+/// i16 pairs and `pmaddwd`-ed with two coefficients, the sums kept in registers over all the
+/// taps. Integer sums, so the same result as the portable path. Every row in `rows` must hold
+/// at least `dst.len()` samples.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn vertical_avx2(rows: &[&[u8]], coef: &[i32], dst: &mut [u8]) {
+    use std::arch::x86_64::*;
+    let n = dst.len();
+    let zero = _mm256_setzero_si256();
+    let round = _mm256_set1_epi32(ROUND);
+    let mut x = 0;
+    while x + 32 <= n {
+        let (mut s0, mut s1, mut s2, mut s3) = (round, round, round, round);
+        let mut i = 0;
+        while i < rows.len() {
+            let (b, k) = match (rows.get(i + 1), coef.get(i + 1)) {
+                (Some(r), Some(&kb)) => (
+                    // SAFETY: x + 32 <= n <= the row's length.
+                    _mm256_loadu_si256(r.as_ptr().add(x) as *const __m256i),
+                    pack_pair(coef[i], kb),
+                ),
+                _ => (zero, pack_pair(coef[i], 0)),
+            };
+            // SAFETY: as above.
+            let a = _mm256_loadu_si256(rows[i].as_ptr().add(x) as *const __m256i);
+            let k = _mm256_set1_epi32(k);
+            let lo = _mm256_unpacklo_epi8(a, b);
+            let hi = _mm256_unpackhi_epi8(a, b);
+            s0 = _mm256_add_epi32(s0, _mm256_madd_epi16(_mm256_unpacklo_epi8(lo, zero), k));
+            s1 = _mm256_add_epi32(s1, _mm256_madd_epi16(_mm256_unpackhi_epi8(lo, zero), k));
+            s2 = _mm256_add_epi32(s2, _mm256_madd_epi16(_mm256_unpacklo_epi8(hi, zero), k));
+            s3 = _mm256_add_epi32(s3, _mm256_madd_epi16(_mm256_unpackhi_epi8(hi, zero), k));
+            i += 2;
+        }
+        // The in-lane unpacks above and the in-lane packs here cancel out: samples come back
+        // in memory order.
+        let p01 = _mm256_packs_epi32(
+            _mm256_srai_epi32(s0, COEF_SHIFT as i32),
+            _mm256_srai_epi32(s1, COEF_SHIFT as i32),
+        );
+        let p23 = _mm256_packs_epi32(
+            _mm256_srai_epi32(s2, COEF_SHIFT as i32),
+            _mm256_srai_epi32(s3, COEF_SHIFT as i32),
+        );
+        // SAFETY: x + 32 <= dst.len().
+        _mm256_storeu_si256(
+            dst.as_mut_ptr().add(x) as *mut __m256i,
+            _mm256_packus_epi16(p01, p23),
+        );
+        x += 32;
+    }
+    for (j, d) in dst.iter_mut().enumerate().skip(x) {
+        let sum = rows.iter().zip(coef).fold(ROUND, |s, (r, &k)| {
+            s + k * i32::from(r.get(j).copied().unwrap_or(0))
+        });
+        *d = (sum >> COEF_SHIFT).clamp(0, 255) as u8;
     }
 }
 
@@ -496,12 +565,13 @@ impl HCoef {
 fn horizontal(h: &HCoef, channels: usize, line: &[u8], dst: &mut [u8]) {
     #[cfg(target_arch = "x86_64")]
     if (channels == 3 || channels == 4) && std::arch::is_x86_feature_detected!("ssse3") {
-        // SAFETY: SSSE3 is present, checked just above.
+        // SAFETY: SSSE3 (and AVX2 where used) is present, checked here.
         unsafe {
-            if channels == 3 {
-                horizontal_ssse3::<3>(h, line, dst)
-            } else {
-                horizontal_ssse3::<4>(h, line, dst)
+            match (channels, std::arch::is_x86_feature_detected!("avx2")) {
+                (3, true) => horizontal_avx2::<3>(h, line, dst),
+                (_, true) => horizontal_avx2::<4>(h, line, dst),
+                (3, false) => horizontal_ssse3::<3>(h, line, dst),
+                _ => horizontal_ssse3::<4>(h, line, dst),
             }
         };
         return;
@@ -593,6 +663,73 @@ unsafe fn horizontal_ssse3<const C: usize>(h: &HCoef, line: &[u8], dst: &mut [u8
         let b = (_mm_cvtsi128_si32(v) as u32).to_le_bytes();
         px.copy_from_slice(&b[..C]);
     }
+}
+
+/// [`horizontal_ssse3`] two output pixels at a time, one per 128-bit lane.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn horizontal_avx2<const C: usize>(h: &HCoef, line: &[u8], dst: &mut [u8]) {
+    use std::arch::x86_64::*;
+    let (lo, hi) = if C == 3 {
+        (
+            _mm_setr_epi8(0, -1, 3, -1, 1, -1, 4, -1, 2, -1, 5, -1, -1, -1, -1, -1),
+            _mm_setr_epi8(6, -1, 9, -1, 7, -1, 10, -1, 8, -1, 11, -1, -1, -1, -1, -1),
+        )
+    } else {
+        (
+            _mm_setr_epi8(0, -1, 4, -1, 1, -1, 5, -1, 2, -1, 6, -1, 3, -1, 7, -1),
+            _mm_setr_epi8(8, -1, 12, -1, 9, -1, 13, -1, 10, -1, 14, -1, 11, -1, 15, -1),
+        )
+    };
+    let (lo, hi) = (_mm256_set_m128i(lo, lo), _mm256_set_m128i(hi, hi));
+    let round = _mm256_set1_epi32(ROUND);
+    let step = 2 * C;
+    let span = h.pairs.div_ceil(2) * 2 * step;
+    let mut out = dst.chunks_exact_mut(2 * C);
+    let mut coefs = h.packed.chunks_exact(2 * h.pairs);
+    let mut starts = h.start.chunks_exact(2);
+    for ((px, s), coef) in out.by_ref().zip(starts.by_ref()).zip(coefs.by_ref()) {
+        // Both windows: every 16-byte load below stays inside them.
+        let (Some(wa), Some(wb)) = (
+            line.get(s[0] * C..s[0] * C + span + 16),
+            line.get(s[1] * C..s[1] * C + span + 16),
+        ) else {
+            continue;
+        };
+        let (ka, kb) = coef.split_at(h.pairs);
+        let mut sum = round;
+        let mut at = 0;
+        for (qa, qb) in ka.chunks(2).zip(kb.chunks(2)) {
+            // SAFETY: at + 16 <= span + 16 <= both windows' length.
+            let bytes = _mm256_loadu2_m128i(
+                wb.as_ptr().add(at) as *const __m128i,
+                wa.as_ptr().add(at) as *const __m128i,
+            );
+            let k0 = _mm256_setr_epi32(qa[0], qa[0], qa[0], qa[0], qb[0], qb[0], qb[0], qb[0]);
+            sum = _mm256_add_epi32(sum, _mm256_madd_epi16(_mm256_shuffle_epi8(bytes, lo), k0));
+            if let (Some(&a1), Some(&b1)) = (qa.get(1), qb.get(1)) {
+                let k1 = _mm256_setr_epi32(a1, a1, a1, a1, b1, b1, b1, b1);
+                sum = _mm256_add_epi32(sum, _mm256_madd_epi16(_mm256_shuffle_epi8(bytes, hi), k1));
+            }
+            at += 2 * step;
+        }
+        let v = _mm256_srai_epi32(sum, COEF_SHIFT as i32);
+        let v = _mm256_packus_epi16(_mm256_packs_epi32(v, v), v);
+        let a = (_mm256_extract_epi32::<0>(v) as u32).to_le_bytes();
+        let b = (_mm256_extract_epi32::<4>(v) as u32).to_le_bytes();
+        px[..C].copy_from_slice(&a[..C]);
+        px[C..].copy_from_slice(&b[..C]);
+    }
+    // An odd last pixel.
+    let done = dst.len() / (2 * C) * 2;
+    let tail = HCoef {
+        start: h.start.get(done..).unwrap_or(&[]).to_vec(),
+        pairs: h.pairs,
+        packed: h.packed.get(done * h.pairs..).unwrap_or(&[]).to_vec(),
+        coef: Vec::new(),
+        taps: h.taps,
+    };
+    horizontal_ssse3::<C>(&tail, line, dst.get_mut(done * C..).unwrap_or(&mut []));
 }
 
 #[cfg(test)]
