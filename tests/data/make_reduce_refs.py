@@ -23,7 +23,7 @@ photo = pyvips.Image.new_from_file(os.path.join(CORPUS, "jpeg-baseline-2560x1600
 rgb = photo.resize(120 / photo.width, kernel="lanczos3")  # 120x75, a real photo's detail
 grey = rgb.colourspace("b-w").crop(40, 20, 37, 23)  # 37x23, odd sizes on both axes
 
-for name, img, widths in [("rgb", rgb, [71, 53, 30, 13, 5, 1]), ("grey", grey, [30, 5])]:
+for name, img, widths in [("rgb", rgb, [71, 53, 30, 24, 13, 5, 1]), ("grey", grey, [30, 5])]:
     src = os.path.join(HERE, f"reduce-{name}-{img.width}x{img.height}.png")
     img.pngsave(src, compression=9, keep="none")
     img = pyvips.Image.new_from_file(src)
