@@ -624,14 +624,15 @@ fn horizontal_n<const C: usize>(h: &HCoef, line: &[u8], dst: &mut [u8]) {
     }
 }
 
-/// libvips' own scheme (reduceh_hwy): per output pixel and tap pair, the pixels are shuffled
-/// into `r0 r1 g0 g1 b0 b1 (a0 a1)` as i16 and `pmaddwd`-ed with the two coefficients; four
-/// taps per 16-byte load. Integer sums: the result is the portable path's, bit for bit.
+/// The two `pshufb` masks that spread a tap pair's pixels (`C` = 3 or 4 bytes each) into
+/// `c0 c1` i16 pairs for `pmaddwd`: `lo` for the first pair of a 16-byte load, `hi` for the
+/// second.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "ssse3")]
-unsafe fn horizontal_ssse3<const C: usize>(h: &HCoef, line: &[u8], dst: &mut [u8]) {
-    use std::arch::x86_64::*;
-    let (lo, hi) = if C == 3 {
+#[target_feature(enable = "sse2")]
+#[inline]
+fn pair_shuffles<const C: usize>() -> (std::arch::x86_64::__m128i, std::arch::x86_64::__m128i) {
+    use std::arch::x86_64::_mm_setr_epi8;
+    if C == 3 {
         (
             _mm_setr_epi8(0, -1, 3, -1, 1, -1, 4, -1, 2, -1, 5, -1, -1, -1, -1, -1),
             _mm_setr_epi8(6, -1, 9, -1, 7, -1, 10, -1, 8, -1, 11, -1, -1, -1, -1, -1),
@@ -641,7 +642,17 @@ unsafe fn horizontal_ssse3<const C: usize>(h: &HCoef, line: &[u8], dst: &mut [u8
             _mm_setr_epi8(0, -1, 4, -1, 1, -1, 5, -1, 2, -1, 6, -1, 3, -1, 7, -1),
             _mm_setr_epi8(8, -1, 12, -1, 9, -1, 13, -1, 10, -1, 14, -1, 11, -1, 15, -1),
         )
-    };
+    }
+}
+
+/// libvips' own scheme (reduceh_hwy): per output pixel and tap pair, the pixels are shuffled
+/// into `r0 r1 g0 g1 b0 b1 (a0 a1)` as i16 and `pmaddwd`-ed with the two coefficients; four
+/// taps per 16-byte load. Integer sums: the result is the portable path's, bit for bit.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "ssse3")]
+unsafe fn horizontal_ssse3<const C: usize>(h: &HCoef, line: &[u8], dst: &mut [u8]) {
+    use std::arch::x86_64::*;
+    let (lo, hi) = pair_shuffles::<C>();
     let round = _mm_set1_epi32(ROUND);
     let step = 2 * C;
     for ((px, &start), coef) in dst
@@ -691,17 +702,7 @@ unsafe fn horizontal_ssse3<const C: usize>(h: &HCoef, line: &[u8], dst: &mut [u8
 #[target_feature(enable = "avx2")]
 unsafe fn horizontal_avx2<const C: usize>(h: &HCoef, line: &[u8], dst: &mut [u8]) {
     use std::arch::x86_64::*;
-    let (lo, hi) = if C == 3 {
-        (
-            _mm_setr_epi8(0, -1, 3, -1, 1, -1, 4, -1, 2, -1, 5, -1, -1, -1, -1, -1),
-            _mm_setr_epi8(6, -1, 9, -1, 7, -1, 10, -1, 8, -1, 11, -1, -1, -1, -1, -1),
-        )
-    } else {
-        (
-            _mm_setr_epi8(0, -1, 4, -1, 1, -1, 5, -1, 2, -1, 6, -1, 3, -1, 7, -1),
-            _mm_setr_epi8(8, -1, 12, -1, 9, -1, 13, -1, 10, -1, 14, -1, 11, -1, 15, -1),
-        )
-    };
+    let (lo, hi) = pair_shuffles::<C>();
     let (lo, hi) = (_mm256_set_m128i(lo, lo), _mm256_set_m128i(hi, hi));
     let round = _mm256_set1_epi32(ROUND);
     let step = 2 * C;
