@@ -157,6 +157,25 @@ pub async fn scrape_hit_ratio(client: &reqwest::Client, admin: &str) -> Option<H
     }
 }
 
+/// [`scrape_hit_ratio`] once the node has counted at least `lookups`. The edge counts a
+/// request in its logging phase, after the response has gone out, so a scrape right after the
+/// last response can miss it; wait for the count (up to `wait`) instead of reporting short.
+pub async fn scrape_hit_ratio_counting(
+    client: &reqwest::Client,
+    admin: &str,
+    lookups: u64,
+    wait: std::time::Duration,
+) -> Option<HitRatio> {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let ratio = scrape_hit_ratio(client, admin).await?;
+        if ratio.lookups >= lookups || tokio::time::Instant::now() >= deadline {
+            return Some(ratio);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

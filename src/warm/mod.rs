@@ -233,11 +233,16 @@ async fn warm(args: WarmArgs) -> Result<Report, WarmError> {
         }
     }
     progress.finish();
+    let tally = shared.tally.lock().clone();
+    // Every response this run got was one lookup on the node, on top of what it had counted.
+    let counted =
+        before.as_ref().map_or(0, |b| b.lookups) + tally.hits + tally.misses + tally.other_cache;
     let after = match &args.admin {
-        Some(a) => client::scrape_hit_ratio(&http, a).await,
+        Some(a) => {
+            client::scrape_hit_ratio_counting(&http, a, counted, Duration::from_secs(2)).await
+        }
         None => None,
     };
-    let tally = shared.tally.lock().clone();
     Ok(Report {
         input: planner.stats.clone(),
         distinct: planner.distinct(),
