@@ -61,7 +61,7 @@ impl AdminApp {
             draining,
             origin_socket: cfg.origin.socket.clone(),
             parse: cfg.parse_options(),
-            purge_token: cfg.admin.purge_token.clone(),
+            purge_token: cfg.admin.purge_token.expose().to_string(),
         }
     }
 

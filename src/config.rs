@@ -12,6 +12,7 @@ use std::time::Duration;
 use bytesize::ByteSize;
 use serde::Deserialize;
 
+use crate::secret::Secret;
 use crate::variant::ParseOptions;
 
 /// A configuration problem, always naming the key.
@@ -140,6 +141,10 @@ pub struct EdgeConfig {
     pub max_uri_bytes: usize,
     /// Most bytes of request header fields accepted; more → 431.
     pub max_header_bytes: usize,
+    /// Every connection to `edge.listen` and `edge.tls.listen` opens with a PROXY protocol
+    /// header (v1 or v2, as an AWS NLB sends): its source address is the client's. Connections
+    /// without one are closed. Off: headers are not parsed (a forged one is a bad request).
+    pub proxy_protocol: bool,
 }
 
 impl Default for EdgeConfig {
@@ -154,6 +159,7 @@ impl Default for EdgeConfig {
             write_timeout: Duration::from_secs(30),
             max_uri_bytes: 2048,
             max_header_bytes: 16 * 1024,
+            proxy_protocol: false,
         }
     }
 }
@@ -230,7 +236,8 @@ impl Default for AccessLogConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct PolicyConfig {
     /// HMAC-SHA256 keys for signed URLs; the first signs, any verifies. Empty: URLs are not signed.
-    pub signing_keys: Vec<String>,
+    /// Each may come from the environment or a file (see [`crate::secret`]).
+    pub signing_keys: Vec<Secret>,
     /// Allowed output boxes (`WxH`, `Wx`, `xH`, in output pixels); empty allows any size.
     pub sizes: Vec<String>,
     /// Widths (and heights) requested sizes are rounded up to; empty keeps sizes as asked.
@@ -249,14 +256,14 @@ pub struct AdminConfig {
     /// Address of the admin listener.
     pub listen: SocketAddr,
     /// Bearer token for the purge endpoints; empty disables purging.
-    pub purge_token: String,
+    pub purge_token: Secret,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
         AdminConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 9091)),
-            purge_token: String::new(),
+            purge_token: Secret::default(),
         }
     }
 }
@@ -353,9 +360,9 @@ pub struct S3Config {
     /// Path-style addressing (`endpoint/bucket/key`); needed by most S3-compatible stores.
     pub force_path_style: bool,
     /// Static access key id (optional; prefer the default chain or an instance role).
-    pub access_key_id: String,
+    pub access_key_id: Secret,
     /// Static secret key (optional).
-    pub secret_access_key: String,
+    pub secret_access_key: Secret,
     /// Attempts per fetch, first try included, on throttling, 5xx and connection errors.
     pub max_attempts: u32,
     /// Connect timeout of one attempt.
@@ -375,8 +382,8 @@ impl Default for S3Config {
             region: String::new(),
             endpoint: String::new(),
             force_path_style: false,
-            access_key_id: String::new(),
-            secret_access_key: String::new(),
+            access_key_id: Secret::default(),
+            secret_access_key: Secret::default(),
             max_attempts: 3,
             connect_timeout: Duration::from_secs(2),
             attempt_timeout: Duration::from_secs(4),
@@ -887,6 +894,37 @@ impl Config {
             return Err(invalid("policy.client_ip_header", "is not a header name"));
         }
         Ok(())
+    }
+
+    /// The values of `policy.signing_keys`, in order.
+    pub fn signing_keys(&self) -> Vec<String> {
+        self.policy
+            .signing_keys
+            .iter()
+            .map(|k| k.expose().to_string())
+            .collect()
+    }
+
+    /// Every secret the config holds that is set, with its key, for `imgedge check`.
+    pub fn secrets(&self) -> Vec<(String, &Secret)> {
+        let mut out: Vec<(String, &Secret)> = self
+            .policy
+            .signing_keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| (format!("policy.signing_keys[{i}]"), k))
+            .collect();
+        out.push(("admin.purge_token".into(), &self.admin.purge_token));
+        out.push((
+            "origin.s3.access_key_id".into(),
+            &self.origin.s3.access_key_id,
+        ));
+        out.push((
+            "origin.s3.secret_access_key".into(),
+            &self.origin.s3.secret_access_key,
+        ));
+        out.retain(|(_, s)| !s.is_empty());
+        out
     }
 
     /// The URL parser's options.

@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod mirror;
 pub mod origin;
 pub mod policy;
+pub mod secret;
 pub mod server;
 pub mod variant;
 pub mod warm;

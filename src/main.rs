@@ -72,6 +72,10 @@ fn check(path: &Path) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // Where each secret came from, never its value.
+    for (key, secret) in cfg.secrets() {
+        println!("{key}: from {} ({} bytes)", secret.origin(), secret.len());
+    }
     match imgedge::edge::tls::load(&cfg.edge.tls) {
         Ok(certs) => {
             for (i, c) in certs.map(|(_, c)| c).unwrap_or_default().iter().enumerate() {
@@ -98,7 +102,7 @@ fn check(path: &Path) -> ExitCode {
 /// `imgedge sign`: the URL with `sig` for the variant it names (any previous `sig` replaced).
 fn sign(cfg: &Config, url: &str) -> Result<String, String> {
     use imgedge::policy::signing::{self, Signer};
-    let signer = Signer::new(&cfg.policy.signing_keys)
+    let signer = Signer::new(&cfg.signing_keys())
         .ok_or("policy.signing_keys is empty: nothing to sign with")?;
     let (path, query) =
         imgedge::warm::logs::split_target(url).map_err(|e| format!("{url}: {e}"))?;

@@ -1,8 +1,15 @@
 //! Process-wide Prometheus metrics, served as text by the admin listener.
 //!
 //! Names follow Prometheus conventions (`imgedge_` prefix, `_total` counters, base units).
+//! Besides imgedge's own, the registry carries the Prometheus client's process collector
+//! (`process_cpu_seconds_total`, `process_resident_memory_bytes`, `process_open_fds`,
+//! `process_start_time_seconds`, …), `imgedge_build_info` and, per configured certificate,
+//! `imgedge_tls_certificate_expiry_seconds` (computed when scraped).
+
+use std::time::SystemTime;
 
 use once_cell::sync::Lazy;
+use parking_lot::Mutex;
 use prometheus::{
     HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
@@ -55,6 +62,22 @@ pub struct Metrics {
     pub access_log_dropped: IntCounter,
     /// Mirror mode, by result: `queued`, `dropped` (queue full), `ok`, `error` (target failed).
     pub mirror: IntCounterVec,
+    /// PROXY protocol headers read, by outcome (`ok`, `local`, `missing`, `malformed`, `timeout`).
+    pub proxy_protocol: IntCounterVec,
+    /// Seconds until each certificate's `notAfter` (set when scraped; negative once expired).
+    pub tls_expiry: IntGaugeVec,
+}
+
+/// Certificates whose expiry is reported: (index, names, notAfter).
+static CERTIFICATES: Mutex<Vec<(String, String, SystemTime)>> = Mutex::new(Vec::new());
+
+/// Report these certificates' expiry (`imgedge_tls_certificate_expiry_seconds`).
+pub fn set_certificates(certs: impl IntoIterator<Item = (Vec<String>, SystemTime)>) {
+    let mut list = CERTIFICATES.lock();
+    list.clear();
+    for (i, (names, not_after)) in certs.into_iter().enumerate() {
+        list.push((i.to_string(), names.join(","), not_after));
+    }
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -216,6 +239,37 @@ static METRICS: Lazy<Metrics> = Lazy::new(|| {
         "imgedge_access_log_dropped_total",
         "Access-log lines dropped because the writer fell behind.",
     );
+    let proxy_protocol = counter_vec(
+        &r,
+        "imgedge_proxy_protocol_headers_total",
+        "PROXY protocol headers on public connections, by outcome.",
+        &["result"],
+    );
+    let tls_expiry = gauge_vec(
+        &r,
+        "imgedge_tls_certificate_expiry_seconds",
+        "Seconds until the certificate's notAfter (negative once expired).",
+        &["certificate", "names"],
+    );
+    let build_info = gauge_vec(
+        &r,
+        "imgedge_build_info",
+        "Always 1; the labels describe the running binary.",
+        &["version", "allocator", "tls"],
+    );
+    let allocator = if cfg!(feature = "jemalloc") {
+        "jemalloc"
+    } else {
+        "system"
+    };
+    build_info
+        .with_label_values(&[env!("CARGO_PKG_VERSION"), allocator, "rustls-ring"])
+        .set(1);
+    // CPU, memory, fds, threads and start time of this process, from /proc.
+    r.register(Box::new(
+        prometheus::process_collector::ProcessCollector::for_self(),
+    ))
+    .expect("metric registered once");
     Metrics {
         registry: r,
         request_duration,
@@ -240,6 +294,8 @@ static METRICS: Lazy<Metrics> = Lazy::new(|| {
         pool_busy,
         pool_queued,
         mirror,
+        proxy_protocol,
+        tls_expiry,
     }
 });
 
@@ -250,6 +306,17 @@ pub fn metrics() -> &'static Metrics {
 
 /// The metrics in Prometheus text format.
 pub fn render() -> String {
+    let now = SystemTime::now();
+    for (index, names, not_after) in CERTIFICATES.lock().iter() {
+        let left = match not_after.duration_since(now) {
+            Ok(d) => d.as_secs() as i64,
+            Err(e) => -(e.duration().as_secs() as i64),
+        };
+        metrics()
+            .tls_expiry
+            .with_label_values(&[index.as_str(), names.as_str()])
+            .set(left);
+    }
     let mut out = String::new();
     let encoder = prometheus::TextEncoder::new();
     if let Err(e) = encoder.encode_utf8(&metrics().registry.gather(), &mut out) {

@@ -22,6 +22,7 @@ use crate::config::Config;
 use crate::edge::access_log::AccessLog;
 use crate::edge::client_limits::ClientLimits;
 use crate::edge::drain::Draining;
+use crate::edge::proxy_protocol::PreTls;
 use crate::edge::{tls, Edge};
 use crate::error::Error;
 use crate::origin::{Origin, OriginApp};
@@ -59,6 +60,9 @@ pub fn server_conf(cfg: &Config, run: RunOptions) -> ServerConf {
 pub fn build(cfg: &Config, run: RunOptions) -> Result<Server, Error> {
     // Certificates first: a bad one fails start-up naming its key, before anything listens.
     let certs = tls::load(&cfg.edge.tls).map_err(|e| Error::Internal(e.to_string()))?;
+    if let Some((_, loaded)) = &certs {
+        crate::metrics::set_certificates(loaded.iter().map(|c| (c.names.clone(), c.not_after)));
+    }
     let access_log = AccessLog::start(&cfg.edge.access_log).map_err(|e| {
         Error::Internal(format!(
             "edge.access_log.path: {}: {e}",
@@ -83,8 +87,7 @@ pub fn build(cfg: &Config, run: RunOptions) -> Result<Server, Error> {
     origin_svc.threads = Some(cfg.origin.threads);
 
     let cache = Cache::from_config(&cfg.cache)?;
-    let (mirror, mirror_svc) =
-        crate::mirror::from_config(&cfg.mirror, &cfg.policy.signing_keys).unzip();
+    let (mirror, mirror_svc) = crate::mirror::from_config(&cfg.mirror, &cfg.signing_keys()).unzip();
     let draining = Draining::default();
     let mut proxy = pingora_proxy::http_proxy(
         &server.configuration,
@@ -97,8 +100,14 @@ pub fn build(cfg: &Config, run: RunOptions) -> Result<Server, Error> {
     proxy.server_options = Some(options);
     let mut edge = Service::new(
         "edge".to_string(),
-        ClientLimits::new(proxy, cfg.edge.header_timeout),
+        ClientLimits::new(proxy, cfg.edge.header_timeout)
+            .with_proxy_protocol(cfg.edge.proxy_protocol),
     );
+    if cfg.edge.proxy_protocol {
+        edge.endpoints().set_pre_tls_callback(Arc::new(PreTls {
+            timeout: cfg.edge.header_timeout,
+        }));
+    }
     for addr in &cfg.edge.listen {
         edge.add_tcp(&addr.to_string());
     }

@@ -45,7 +45,7 @@ fn exec_reload(conf: &Path, main_pid: i32) -> Vec<String> {
         .lines()
         .filter_map(|l| l.strip_prefix("ExecReload="))
         .map(|l| {
-            l.replace("/usr/local/bin/imgedge", env!("CARGO_BIN_EXE_imgedge"))
+            l.replace("/usr/bin/imgedge", env!("CARGO_BIN_EXE_imgedge"))
                 .replace("/etc/imgedge/imgedge.yaml", &conf.display().to_string())
                 .replace("$MAINPID", &main_pid.to_string())
         })
@@ -311,7 +311,7 @@ fn the_unit_is_hardened_and_verifies() {
         let unit = dir.path().join("imgedge.service");
         std::fs::write(
             &unit,
-            unit_text.replace("/usr/local/bin/imgedge", env!("CARGO_BIN_EXE_imgedge")),
+            unit_text.replace("/usr/bin/imgedge", env!("CARGO_BIN_EXE_imgedge")),
         )
         .unwrap();
         let out = Command::new("systemd-analyze")

@@ -19,6 +19,9 @@
 //! so it is never idle and is left to finish.
 //!
 //! HTTP/2 connections (ALPN `h2`) are passed through untouched: their frames are not text.
+//!
+//! With `edge.proxy_protocol` on, a plain connection's PROXY header is read here first
+//! ([`super::proxy_protocol`]).
 
 use std::fmt;
 use std::future::Future;
@@ -49,6 +52,8 @@ pub const IDLE_LINGER: Duration = Duration::from_millis(500);
 pub struct ClientLimits<A> {
     inner: Arc<A>,
     header_timeout: Duration,
+    /// Plain connections open with a PROXY header (TLS ones are read in the pre-TLS hook).
+    proxy_protocol: bool,
 }
 
 impl<A> ClientLimits<A> {
@@ -57,7 +62,14 @@ impl<A> ClientLimits<A> {
         ClientLimits {
             inner: Arc::new(inner),
             header_timeout,
+            proxy_protocol: false,
         }
+    }
+
+    /// Require a PROXY protocol header on plain connections (see [`super::proxy_protocol`]).
+    pub fn with_proxy_protocol(mut self, on: bool) -> Self {
+        self.proxy_protocol = on;
+        self
     }
 }
 
@@ -68,6 +80,11 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for ClientLimits<A> {
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
+        let stream = if self.proxy_protocol && stream.get_ssl_digest().is_none() {
+            super::proxy_protocol::accept_plain(stream, self.header_timeout).await?
+        } else {
+            stream
+        };
         let stream: Stream = if stream.selected_alpn_proto() == Some(ALPN::H2) {
             stream
         } else {

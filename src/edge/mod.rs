@@ -14,6 +14,7 @@
 pub mod access_log;
 pub mod client_limits;
 pub mod drain;
+pub mod proxy_protocol;
 pub mod tls;
 
 use std::net::IpAddr;

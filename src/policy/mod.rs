@@ -30,7 +30,7 @@ impl Policy {
     pub fn from_config(cfg: &Config) -> Policy {
         let p = &cfg.policy;
         Policy {
-            signer: signing::Signer::new(&p.signing_keys),
+            signer: signing::Signer::new(&cfg.signing_keys()),
             sizes: sizes::SizePolicy::from_config(cfg),
             misses: rate::MissLimiter::new(p.misses_per_ip, &p.client_ip_header),
         }

@@ -278,7 +278,9 @@ impl Imgedge {
                 .get(format!("{}/healthz", self.admin))
                 .send()
                 .await;
-            let edge = self.client.get(format!("{}/", self.base)).send().await;
+            // A TCP connect, not a request: with edge.proxy_protocol a bare request is refused.
+            let edge =
+                tokio::net::TcpStream::connect(self.base.trim_start_matches("http://")).await;
             if matches!(admin, Ok(ref r) if r.status() == 200) && edge.is_ok() {
                 return;
             }

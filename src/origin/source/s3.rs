@@ -55,8 +55,8 @@ async fn build_client(c: &S3Config) -> Client {
         .retry_config(RetryConfig::standard().with_max_attempts(c.max_attempts));
     if !c.access_key_id.is_empty() {
         loader = loader.credentials_provider(Credentials::new(
-            c.access_key_id.clone(),
-            c.secret_access_key.clone(),
+            c.access_key_id.expose().to_string(),
+            c.secret_access_key.expose().to_string(),
             None,
             None,
             "imgedge-config",
