@@ -267,6 +267,16 @@ async fn a_killed_owner_never_fails_a_request_and_survivors_keep_their_keys() {
         )
         .await;
     assert!(asked > 0.0, "node 0 asked node 2 before it died");
+    let mut fell_back = 0.0;
+    for n in &pop.nodes[..2] {
+        fell_back += n
+            .metric(
+                "imgedge_cluster_peer_requests_total",
+                &[("peer", &pop.peers[2]), ("result", "fallback")],
+            )
+            .await;
+    }
+    eprintln!("{fell_back} requests met the dead owner and were filled locally");
 
     // The health check marked node 2 down; ids owned by the survivors did not move, node 2's
     // went to the next node on the ring.
