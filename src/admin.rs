@@ -8,22 +8,25 @@
 //! - `GET /metrics`: Prometheus text.
 //! - `POST /purge/image/{id}`: every cached variant of an id (recorded in the purge log; no scan).
 //! - `POST /purge/url/image/{id}?size=...`: the one variant that public URL names.
+//! - `GET /cluster[?id=...]`: the ring's members and their health (and an id's owner).
+//!
+//! In a cluster a purge is applied on every node of the POP ([`crate::cluster::purge`]) and the
+//! answer lists which nodes confirmed.
 //!
 //! Purges need `Authorization: Bearer <admin.purge_token>`; without a configured token they are
 //! refused.
 
 use async_trait::async_trait;
 use http::{Response, StatusCode};
-use pingora_cache::key::CacheHashKey;
 use pingora_core::apps::http_app::ServeHttp;
 use pingora_core::protocols::http::ServerSession;
 use subtle::ConstantTimeEq;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::cache::Cache;
+use crate::cluster::purge::PurgeOrder;
 use crate::config::Config;
-use crate::metrics::metrics;
-use crate::variant::{ParseOptions, Variant};
+use crate::variant::ParseOptions;
 
 /// The admin HTTP app.
 pub struct AdminApp {
@@ -32,6 +35,7 @@ pub struct AdminApp {
     origin_socket: std::path::PathBuf,
     parse: ParseOptions,
     purge_token: String,
+    cluster: Option<std::sync::Arc<crate::cluster::Cluster>>,
 }
 
 fn text(status: StatusCode, content_type: &str, body: String) -> Response<Vec<u8>> {
@@ -62,7 +66,17 @@ impl AdminApp {
             origin_socket: cfg.origin.socket.clone(),
             parse: cfg.parse_options(),
             purge_token: cfg.admin.purge_token.expose().to_string(),
+            cluster: None,
         }
+    }
+
+    /// Purges reach every node of `cluster`; `GET /cluster` describes it.
+    pub fn with_cluster(
+        mut self,
+        cluster: Option<std::sync::Arc<crate::cluster::Cluster>>,
+    ) -> Self {
+        self.cluster = cluster;
+        self
     }
 
     /// `None` when the request carries the purge token, else the refusal to send.
@@ -132,59 +146,55 @@ impl AdminApp {
             return denied;
         }
         let uri = &session.req_header().uri;
-        let path = uri.path();
-        if let Some(public) = path.strip_prefix("/purge/url") {
-            let variant = match Variant::parse(public, uri.query(), &self.parse) {
-                Ok(v) => v,
-                Err(e) => {
-                    return plain(
-                        StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_REQUEST),
-                        &e.reason(),
+        let order = match PurgeOrder::parse(uri.path(), uri.query(), &self.parse) {
+            Ok(o) => o,
+            Err((status, reason)) => return plain(status, &reason),
+        };
+        let target = json_escape(&match &order {
+            PurgeOrder::Url(v) => v.canonical_uri(),
+            PurgeOrder::Id(v) => v.id.clone(),
+        });
+        let scope = order.scope();
+        if let Some(cluster) = &self.cluster {
+            let nodes = crate::cluster::purge::fan_out(cluster, &self.cache, &order).await;
+            let all = nodes.iter().all(|n| n.result.is_ok());
+            let list: Vec<String> = nodes
+                .iter()
+                .map(|n| {
+                    let error = match &n.result {
+                        Ok(()) => String::new(),
+                        Err(e) => format!(",\"error\":\"{}\"", json_escape(e)),
+                    };
+                    format!(
+                        "{{\"node\":\"{}\",\"self\":{},\"confirmed\":{}{error}}}",
+                        n.node,
+                        n.me,
+                        n.result.is_ok()
                     )
-                }
-            };
-            let found = self
-                .cache
-                .storage
-                .remove(crate::cache::storage_key(&variant).combined_bin())
-                .await;
-            metrics().purges.with_label_values(&["url"]).inc();
-            tracing::info!(target: "access", "purged {} (found: {found})", variant.canonical_uri());
+                })
+                .collect();
             let body = format!(
-                "{{\"purged\":\"{}\",\"scope\":\"url\",\"found\":{found}}}\n",
-                json_escape(&variant.canonical_uri())
+                "{{\"purged\":\"{target}\",\"scope\":\"{scope}\",\"all_confirmed\":{all},\"nodes\":[{}]}}\n",
+                list.join(",")
             );
             return text(StatusCode::OK, "application/json", body);
         }
-        if let Some(public) = path.strip_prefix("/purge") {
-            if uri.query().is_some_and(|q| !q.is_empty()) {
-                return plain(
-                    StatusCode::BAD_REQUEST,
-                    "a query purges one variant: use /purge/url/image/{id}?...",
-                );
-            }
-            let variant = match Variant::parse(public, None, &self.parse) {
-                Ok(v) => v,
-                Err(e) => {
-                    return plain(
-                        StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_REQUEST),
-                        &e.reason(),
-                    )
-                }
-            };
-            if let Err(e) = self.cache.purges.purge(&variant.id) {
+        match order.apply(&self.cache).await {
+            Ok(Some(found)) => text(
+                StatusCode::OK,
+                "application/json",
+                format!("{{\"purged\":\"{target}\",\"scope\":\"{scope}\",\"found\":{found}}}\n"),
+            ),
+            Ok(None) => text(
+                StatusCode::OK,
+                "application/json",
+                format!("{{\"purged\":\"{target}\",\"scope\":\"{scope}\"}}\n"),
+            ),
+            Err(e) => {
                 tracing::error!("purge log write failed: {e}");
-                return plain(StatusCode::INTERNAL_SERVER_ERROR, "purge log write failed");
+                plain(StatusCode::INTERNAL_SERVER_ERROR, "purge log write failed")
             }
-            metrics().purges.with_label_values(&["id"]).inc();
-            tracing::info!(target: "access", "purged every variant of {}", variant.id);
-            let body = format!(
-                "{{\"purged\":\"{}\",\"scope\":\"id\"}}\n",
-                json_escape(&variant.id)
-            );
-            return text(StatusCode::OK, "application/json", body);
         }
-        plain(StatusCode::NOT_FOUND, "not found")
     }
 }
 
@@ -205,8 +215,33 @@ impl ServeHttp for AdminApp {
         match path {
             "/healthz" => plain(StatusCode::OK, "ok"),
             "/readyz" => self.ready().await,
+            "/cluster" => match &self.cluster {
+                Some(c) => {
+                    let id = req.uri.query().and_then(|q| {
+                        q.split('&')
+                            .find_map(|kv| kv.strip_prefix("id="))
+                            .map(|id| {
+                                percent_encoding::percent_decode_str(id)
+                                    .decode_utf8_lossy()
+                                    .into_owned()
+                            })
+                    });
+                    text(
+                        StatusCode::OK,
+                        "application/json",
+                        c.membership_json(id.as_deref()),
+                    )
+                }
+                None => plain(
+                    StatusCode::NOT_FOUND,
+                    "not in a cluster (cluster.listen is unset)",
+                ),
+            },
             "/metrics" => {
                 self.cache.storage.update_gauges();
+                if let Some(c) = &self.cluster {
+                    c.update_gauges();
+                }
                 text(
                     StatusCode::OK,
                     "text/plain; version=0.0.4; charset=utf-8",

@@ -81,6 +81,8 @@ pub struct Config {
     pub mirror: MirrorConfig,
     /// Signed URLs, size policy, miss rate limit.
     pub policy: PolicyConfig,
+    /// The POP as one cache: ownership by image id, peer fill, purge everywhere (off by default).
+    pub cluster: ClusterConfig,
 }
 
 /// Process-wide settings (mapped onto Pingora's `ServerConf`).
@@ -596,6 +598,116 @@ impl MirrorConfig {
     }
 }
 
+/// The POP as one cache (see [`crate::cluster`]): every node lists the same peers; each image id
+/// has one owner on a Ketama ring, and a node that misses asks the owner over its peer listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// The peer listener (node-to-node HTTP); `None` keeps the node alone (no cluster).
+    pub listen: Option<SocketAddr>,
+    /// This node's entry in `peers` (the address the others reach its peer listener at);
+    /// defaults to `listen`.
+    #[serde(rename = "self")]
+    pub self_addr: Option<SocketAddr>,
+    /// Every node's peer listener, this one included; the same list on every node.
+    pub peers: Vec<SocketAddr>,
+    /// Shared secret authenticating node-to-node requests (at least 32 characters); inline or
+    /// from the environment or a file (see [`crate::secret`]).
+    pub secret: Secret,
+    /// Connecting to an owner may take this long; past it the node fills the object itself.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// How often each peer's listener is probed (TCP connect); a failed probe marks it down.
+    #[serde(with = "humantime_serde")]
+    pub health_check_interval: Duration,
+    /// Longest a purge fan-out waits for one peer's confirmation.
+    #[serde(with = "humantime_serde")]
+    pub purge_timeout: Duration,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            listen: None,
+            self_addr: None,
+            peers: Vec::new(),
+            secret: Secret::default(),
+            connect_timeout: Duration::from_millis(500),
+            health_check_interval: Duration::from_secs(1),
+            purge_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+impl ClusterConfig {
+    /// Whether this node is part of a cluster.
+    pub fn enabled(&self) -> bool {
+        self.listen.is_some()
+    }
+
+    /// This node's address on the ring. Valid after [`Config::validate`].
+    pub fn me(&self) -> Option<SocketAddr> {
+        self.self_addr.or(self.listen)
+    }
+
+    fn validate(&self, taken: &[SocketAddr]) -> Result<(), ConfigError> {
+        let Some(listen) = self.listen else {
+            if !self.peers.is_empty() || self.self_addr.is_some() || !self.secret.is_empty() {
+                return Err(invalid(
+                    "cluster.listen",
+                    "must be set when cluster.peers, cluster.self or cluster.secret is",
+                ));
+            }
+            return Ok(());
+        };
+        if taken.contains(&listen) {
+            return Err(invalid(
+                "cluster.listen",
+                "must differ from every edge and admin address (the peer listener is never public)",
+            ));
+        }
+        if self.self_addr.is_none() && listen.ip().is_unspecified() {
+            return Err(invalid(
+                "cluster.self",
+                "must be set when cluster.listen is a wildcard address",
+            ));
+        }
+        if self.peers.is_empty() {
+            return Err(invalid(
+                "cluster.peers",
+                "must list every node's peer listener (this one included)",
+            ));
+        }
+        let me = self.me().unwrap_or(listen);
+        if !self.peers.contains(&me) {
+            return Err(invalid(
+                "cluster.self",
+                format!("{me} must be one of cluster.peers"),
+            ));
+        }
+        let unique: std::collections::HashSet<_> = self.peers.iter().collect();
+        if unique.len() != self.peers.len() {
+            return Err(invalid("cluster.peers", "lists an address twice"));
+        }
+        if self.secret.len() < 32 {
+            return Err(invalid(
+                "cluster.secret",
+                "must be at least 32 characters when cluster.listen is set",
+            ));
+        }
+        for (key, t) in [
+            ("cluster.connect_timeout", self.connect_timeout),
+            ("cluster.health_check_interval", self.health_check_interval),
+            ("cluster.purge_timeout", self.purge_timeout),
+        ] {
+            if t.is_zero() {
+                return Err(invalid(key, "must be positive"));
+            }
+        }
+        Ok(())
+    }
+}
+
 fn parse_rgb(s: &str) -> Option<[u8; 3]> {
     if s.len() != 6 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
@@ -790,6 +902,10 @@ impl Config {
             ));
         }
         self.mirror.validate()?;
+        let mut taken: Vec<SocketAddr> = self.edge.listen.clone();
+        taken.extend(&self.edge.tls.listen);
+        taken.push(self.admin.listen);
+        self.cluster.validate(&taken)?;
         // A waiter that gives up before the worst miss finishes turns coalescing into a stampede.
         let worst_miss = self.origin.fetch_timeout;
         for (key, t) in [
@@ -915,6 +1031,7 @@ impl Config {
             .map(|(i, k)| (format!("policy.signing_keys[{i}]"), k))
             .collect();
         out.push(("admin.purge_token".into(), &self.admin.purge_token));
+        out.push(("cluster.secret".into(), &self.cluster.secret));
         out.push((
             "origin.s3.access_key_id".into(),
             &self.origin.s3.access_key_id,
@@ -967,6 +1084,18 @@ mod tests {
         assert!(err("origin:\n  key_template: \"{id:0:}\"\n").starts_with("origin.key_template:"));
         assert!(err("mirror:\n  sample: 1.5\n").starts_with("mirror.sample:"));
         assert!(err("mirror:\n  target: node-b:8080\n").starts_with("mirror.target:"));
+        let cluster =
+            "cluster:\n  listen: 127.0.0.1:9092\n  peers: [127.0.0.1:9092, 127.0.0.1:9093]\n";
+        assert!(err(cluster).starts_with("cluster.secret:"));
+        assert!(err("cluster:\n  listen: 127.0.0.1:9092\n").starts_with("cluster.peers:"));
+        assert!(
+            err("cluster:\n  listen: 127.0.0.1:9092\n  peers: [127.0.0.1:9093]\n")
+                .starts_with("cluster.self:")
+        );
+        assert!(err("cluster:\n  listen: 127.0.0.1:9091\n").starts_with("cluster.listen:"));
+        assert!(err("cluster:\n  peers: [127.0.0.1:9093]\n").starts_with("cluster.listen:"));
+        let ok = format!("{cluster}  secret: {}\n", "s".repeat(32));
+        assert!(Config::from_yaml(&ok).unwrap().cluster.enabled());
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Secrets in the configuration: inline, or from an environment variable, a file or a systemd
 //! credential, so the YAML an operator ships (or a package installs) need hold none.
 //!
-//! Every secret key (`policy.signing_keys`, `admin.purge_token`, `origin.s3.access_key_id`,
+//! Every secret key (`policy.signing_keys`, `admin.purge_token`, `cluster.secret`, `origin.s3.access_key_id`,
 //! `origin.s3.secret_access_key`) takes one of:
 //!
 //! ```yaml

@@ -1,6 +1,10 @@
 //! Assemble the process: one Pingora server, three services (edge, origin, admin), each on its
 //! own runtime so resizing can never starve the threads that serve hits.
 //!
+//! In a cluster (`cluster.listen`), a fourth listener: the peer listener, a second instance of
+//! the edge proxy on the same cache in "from a peer" mode (see [`crate::cluster`]), and a
+//! background service running the peers' health checks.
+//!
 //! Listeners: plain HTTP (`edge.listen`) and TLS with HTTP/2 (`edge.tls.listen`) on the edge,
 //! both behind the slow-client guard; the origin on a Unix socket; admin on its own port.
 //! Graceful upgrade: a new process started with `-u` receives every listening socket from the
@@ -89,9 +93,13 @@ pub fn build(cfg: &Config, run: RunOptions) -> Result<Server, Error> {
     let cache = Cache::from_config(&cfg.cache)?;
     let (mirror, mirror_svc) = crate::mirror::from_config(&cfg.mirror, &cfg.signing_keys()).unzip();
     let draining = Draining::default();
+    let cluster = crate::cluster::Cluster::from_config(&cfg.cluster)?;
+    let (cluster, cluster_health) = cluster.unzip();
     let mut proxy = pingora_proxy::http_proxy(
         &server.configuration,
-        Edge::new(cfg, cache, access_log, draining.clone()).with_mirror(mirror),
+        Edge::new(cfg, cache, access_log, draining.clone())
+            .with_mirror(mirror)
+            .with_cluster(cluster.clone(), false),
     );
     let mut options = HttpServerOptions::default();
     options.keepalive_request_limit =
@@ -122,17 +130,36 @@ pub fn build(cfg: &Config, run: RunOptions) -> Result<Server, Error> {
 
     let mut admin = Service::new(
         "admin".to_string(),
-        AdminApp::new(cfg, cache, draining.clone()),
+        AdminApp::new(cfg, cache, draining.clone()).with_cluster(cluster.clone()),
     );
     admin.add_tcp(&cfg.admin.listen.to_string());
     admin.threads = Some(1);
 
-    for handle in [
+    let mut handles = vec![
         server.add_service(origin_svc),
         server.add_service(edge),
         server.add_service(admin),
-    ] {
+    ];
+    if let (Some(listen), Some(_)) = (cfg.cluster.listen, &cluster) {
+        // The peer listener: the same cache, requests from other nodes only, filled locally.
+        let mut peer_proxy = pingora_proxy::http_proxy(
+            &server.configuration,
+            Edge::new(cfg, cache, None, draining.clone()).with_cluster(cluster.clone(), true),
+        );
+        peer_proxy.server_options = Some(options_for_peers(cfg));
+        let mut peers = Service::new(
+            "cluster peers".to_string(),
+            ClientLimits::new(peer_proxy, cfg.edge.header_timeout),
+        );
+        peers.add_tcp(&listen.to_string());
+        peers.threads = Some(cfg.server.threads);
+        handles.push(server.add_service(peers));
+    }
+    for handle in handles {
         handle.add_dependency(&bootstrap);
+    }
+    if let Some(svc) = cluster_health {
+        server.add_service(svc);
     }
     server.add_service(background_service("drain", draining.watcher()));
     server.add_service(background_service(
@@ -147,4 +174,11 @@ pub fn build(cfg: &Config, run: RunOptions) -> Result<Server, Error> {
         server.add_service(background_service("mirror", svc));
     }
     Ok(server)
+}
+
+/// HTTP options of the peer listener: nodes keep their connections open.
+fn options_for_peers(cfg: &Config) -> HttpServerOptions {
+    let mut options = HttpServerOptions::default();
+    options.h2_idle_timeout = Some(cfg.edge.keepalive_timeout);
+    options
 }

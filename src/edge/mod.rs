@@ -8,6 +8,10 @@
 //! no `Vary` is sent, so User-Agent or Cookie cannot split the cache. A miss spends the
 //! client's miss budget (429 past it); hits never do.
 //!
+//! In a cluster ([`crate::cluster`]) a miss goes to the id's owner instead of the local origin
+//! when another node owns it; the same proxy also serves the peer listener, in "from a peer"
+//! mode: requests must carry the POP's proof, skip the public policy, and fill locally only.
+//!
 //! Submodules: [`tls`] (certificates, SNI, ALPN), [`client_limits`] (slow clients),
 //! [`access_log`].
 
@@ -34,6 +38,10 @@ use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
 use crate::cache::Cache;
+use crate::cluster::fill::{FillState, PEER_HEADER};
+use crate::cluster::listener::PeerRequest;
+use crate::cluster::purge::PurgeOrder;
+use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::error::Error;
 use crate::metrics::metrics;
@@ -48,6 +56,7 @@ pub struct EdgeCtx {
     started: Instant,
     started_at: SystemTime,
     timings: Timings,
+    fill: FillState,
 }
 
 /// How the edge treats clients (from `edge.*`).
@@ -72,6 +81,9 @@ pub struct Edge {
     access_log: Option<AccessLog>,
     rules: ClientRules,
     draining: drain::Draining,
+    cluster: Option<std::sync::Arc<Cluster>>,
+    // This instance is the peer listener: requests come from other nodes of the POP.
+    from_peer: bool,
 }
 
 // Freshness comes from the origin's Cache-Control; nothing is cached on a guess.
@@ -112,6 +124,69 @@ impl Edge {
                 keepalive_secs: cfg.edge.keepalive_timeout.as_secs().max(1),
             },
             draining,
+            cluster: None,
+            from_peer: false,
+        }
+    }
+
+    /// Join a cluster: misses go to the id's owner. `from_peer` makes this the peer listener's
+    /// instance (authenticated requests only, always filled locally).
+    pub fn with_cluster(
+        mut self,
+        cluster: Option<std::sync::Arc<Cluster>>,
+        from_peer: bool,
+    ) -> Edge {
+        self.cluster = cluster;
+        self.from_peer = from_peer && self.cluster.is_some();
+        if self.from_peer {
+            self.mirror = None;
+        }
+        self
+    }
+
+    /// The peer listener's door: 403 without the POP's proof; purges applied here. `Ok(true)`
+    /// when the request was answered.
+    async fn peer_door(&self, session: &mut Session) -> Result<bool> {
+        let Some(cluster) = &self.cluster else {
+            return Ok(false);
+        };
+        match cluster.auth.classify(session.req_header()) {
+            PeerRequest::Fill => Ok(false),
+            PeerRequest::Refused => {
+                crate::cluster::metrics::cluster_metrics()
+                    .refused
+                    .with_label_values(&["auth"])
+                    .inc();
+                respond_error(session, &Error::Forbidden("not a node of this POP")).await?;
+                Ok(true)
+            }
+            PeerRequest::Purge(path) => {
+                let (p, q) = path
+                    .split_once('?')
+                    .map_or((path.as_str(), None), |(p, q)| (p, Some(q)));
+                let done = match PurgeOrder::parse(p, q, &self.parse) {
+                    Ok(order) => order.apply(&self.cache).await.map_err(|e| e.to_string()),
+                    Err((_, reason)) => Err(reason),
+                };
+                let (status, body) = match done {
+                    Ok(found) => (
+                        200,
+                        format!(
+                            "{{\"purged\":true,\"found\":{}}}\n",
+                            found.map_or("null".into(), |f| f.to_string())
+                        ),
+                    ),
+                    Err(e) => (400, format!("{e}\n")),
+                };
+                let mut h = ResponseHeader::build(status, Some(3))?;
+                h.insert_header("content-length", body.len())?;
+                h.insert_header("cache-control", "no-store")?;
+                session.write_response_header(Box::new(h), false).await?;
+                session
+                    .write_response_body(Some(Bytes::from(body)), true)
+                    .await?;
+                Ok(true)
+            }
         }
     }
 
@@ -199,6 +274,7 @@ impl ProxyHttp for Edge {
             started: Instant::now(),
             started_at: SystemTime::now(),
             timings: Timings::default(),
+            fill: FillState::default(),
         }
     }
 
@@ -212,13 +288,20 @@ impl ProxyHttp for Edge {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut EdgeCtx) -> Result<bool> {
+        if self.from_peer && self.peer_door(session).await? {
+            return Ok(true);
+        }
         let req = session.req_header();
         let parsed = if req.method != http::Method::GET && req.method != http::Method::HEAD {
             Err(Error::MethodNotAllowed)
         } else {
             self.check_size(req)
                 .and_then(|()| Variant::parse(req.uri.path(), req.uri.query(), &self.parse))
-                .and_then(|v| self.policy.admit(req.uri.query(), v))
+                // A peer's request was admitted by the node the client asked.
+                .and_then(|v| match self.from_peer {
+                    true => Ok(v),
+                    false => self.policy.admit(req.uri.query(), v),
+                })
         };
         match parsed {
             Ok(v) => {
@@ -324,7 +407,7 @@ impl ProxyHttp for Edge {
         let Some(limiter) = &self.policy.misses else {
             return Ok(true);
         };
-        if session.subrequest_ctx.is_some() {
+        if session.subrequest_ctx.is_some() || self.from_peer {
             return Ok(true);
         }
         let allowed = self.client_ip(session).is_none_or(|ip| limiter.allow(ip));
@@ -348,14 +431,22 @@ impl ProxyHttp for Edge {
         if let Some(v) = upstream.remove_header(&SERVER_TIMING) {
             ctx.timings = Timings::parse(v.to_str().unwrap_or(""));
         }
+        ctx.fill.answered(upstream);
         Ok(())
     }
 
     async fn upstream_peer(
         &self,
         _session: &mut Session,
-        _ctx: &mut EdgeCtx,
+        ctx: &mut EdgeCtx,
     ) -> Result<Box<HttpPeer>> {
+        // In a cluster, another node may own the id: ask its peer listener (unless this request
+        // came from a peer, or asking the owner already failed).
+        if let (Some(cluster), Some(v), false) = (&self.cluster, &ctx.variant, self.from_peer) {
+            if let Some(peer) = ctx.fill.pick(cluster, &v.id, self.origin_read_timeout) {
+                return Ok(peer);
+            }
+        }
         let mut peer = HttpPeer::new_uds(&self.origin_socket, false, String::new())?;
         peer.options.connection_timeout = Some(Duration::from_secs(1));
         peer.options.read_timeout = Some(self.origin_read_timeout);
@@ -379,6 +470,9 @@ impl ProxyHttp for Edge {
             .ok_or_else(|| PError::explain(ErrorType::InternalError, "no variant"))?;
         let mut req = RequestHeader::build(http::Method::GET, uri.as_bytes(), Some(1))?;
         req.insert_header("host", "origin")?;
+        if let Some(cluster) = &self.cluster {
+            ctx.fill.sign(cluster, &mut req)?;
+        }
         *upstream = req;
         Ok(())
     }
@@ -387,16 +481,55 @@ impl ProxyHttp for Edge {
         &self,
         session: &mut Session,
         resp: &mut ResponseHeader,
-        _ctx: &mut EdgeCtx,
+        ctx: &mut EdgeCtx,
     ) -> Result<()> {
         if self.draining.is_set() {
             // Pingora then sends `Connection: close` and closes after this response.
             session.set_keepalive(None);
         }
         resp.insert_header("x-cache", Self::cache_status(session))?;
+        if let Some(peer) = ctx.fill.header() {
+            resp.insert_header(PEER_HEADER, peer)?;
+        }
         resp.insert_header("x-content-type-options", "nosniff")?;
         resp.remove_header("vary");
         Ok(())
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut EdgeCtx,
+        mut e: Box<PError>,
+    ) -> Box<PError> {
+        // The owner is down or unreachable: fill locally, now.
+        if ctx.fill.failed(true) {
+            e.set_retry(true);
+        }
+        e
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<PError>,
+        ctx: &mut EdgeCtx,
+        client_reused: bool,
+    ) -> Box<PError> {
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        // The owner broke off: fill locally if the client has been sent nothing yet.
+        if ctx.fill.failed(session.response_written().is_none()) {
+            e.set_retry(true);
+        } else if !session.req_header().method.is_idempotent()
+            || session.as_ref().retry_buffer_truncated()
+        {
+            e.set_retry(false);
+        } else {
+            e.retry.decide_reuse(client_reused);
+        }
+        e
     }
 
     async fn fail_to_proxy(

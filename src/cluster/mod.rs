@@ -1,0 +1,153 @@
+//! The POP as one cache: each image id has one owner among the POP's nodes; a node that misses
+//! asks the owner, and purges reach every node.
+//!
+//! ```text
+//!             public request (edge.listen) on any node
+//!                          │ miss
+//!                          ▼
+//!   ring.rs   Ketama ring over cluster.peers, keyed by the image id
+//!             (select_with skips peers health.rs marked down; never rebuilt on health)
+//!                 │ owner = this node                 │ owner = peer P
+//!                 ▼                                   ▼
+//!        local origin socket               fill.rs: GET P's peer listener, signed
+//!        (S3 + resize pool)                 │ (refused / timeout / broken → local origin)
+//!                                           ▼
+//!                              listener.rs on P: proof checked (else 403), served from P's
+//!                              cache or P's own origin; never forwarded again
+//!   the asking node caches the answer too (X-Cache: MISS + X-Cache-Peer: P)
+//!
+//!   admin POST /purge/... ──► purge.rs: owner first, then every other node's peer listener
+//! ```
+//!
+//! One file per concern: [`ring`] (ownership), [`listener`] (the peer listener's door: auth and
+//! request kinds), [`fill`] (the asking side of a peer fill), [`health`] (peer health checks),
+//! [`purge`] (purge orders and their fan-out), [`metrics`]. Peers are a static list
+//! (`cluster.peers`, the same on every node); pingora-load-balancing's `ServiceDiscovery` is the
+//! seam for DNS-discovered peers (not done yet).
+
+pub mod fill;
+pub mod health;
+pub mod listener;
+pub mod metrics;
+pub mod purge;
+pub mod ring;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use once_cell::sync::OnceCell;
+use pingora_core::services::background::{background_service, GenBackgroundService};
+
+use crate::config::ClusterConfig;
+use crate::error::Error;
+use listener::PeerAuth;
+use ring::{PeerRing, Ring};
+
+/// This node's view of the POP.
+pub struct Cluster {
+    /// Ownership and health.
+    pub ring: Ring,
+    /// Signs and checks node-to-node requests.
+    pub auth: PeerAuth,
+    /// Connect timeout towards an owner; past it the fill is local.
+    pub connect_timeout: Duration,
+    purge_timeout: Duration,
+    // Created on first use: after any daemon fork, on the runtime that uses it.
+    client: OnceCell<reqwest::Client>,
+}
+
+/// The ring's load balancer as a Pingora background service (it runs the health checks).
+pub type HealthService = GenBackgroundService<PeerRing>;
+
+impl Cluster {
+    /// The cluster of a validated config and the service running its health checks, or `None`
+    /// for a node alone.
+    pub fn from_config(c: &ClusterConfig) -> Result<Option<(Arc<Cluster>, HealthService)>, Error> {
+        let Some(me) = c.me() else {
+            return Ok(None);
+        };
+        let mut lb = PeerRing::try_from_iter(c.peers.iter().copied())
+            .map_err(|e| Error::Internal(format!("cluster.peers: {e}")))?;
+        lb.set_health_check(health::check(c.connect_timeout));
+        lb.health_check_frequency = Some(c.health_check_interval);
+        lb.parallel_health_check = true;
+        let svc = background_service("cluster health", lb);
+        let cluster = Cluster {
+            ring: Ring::new(svc.task(), me),
+            auth: PeerAuth::new(c.secret.expose()),
+            connect_timeout: c.connect_timeout,
+            purge_timeout: c.purge_timeout,
+            client: OnceCell::new(),
+        };
+        // Registered now, so /metrics lists the cluster's series from the start.
+        let _ = metrics::cluster_metrics();
+        tracing::info!(
+            "cluster: {me} in a POP of {} nodes: {:?}",
+            c.peers.len(),
+            c.peers
+        );
+        Ok(Some((Arc::new(cluster), svc)))
+    }
+
+    /// The HTTP client for node-to-node calls other than fills (purge fan-out).
+    fn client(&self) -> Result<&reqwest::Client, reqwest::Error> {
+        self.client.get_or_try_init(|| {
+            pingora_rustls::install_default_crypto_provider();
+            reqwest::Client::builder()
+                .no_proxy()
+                .timeout(self.purge_timeout)
+                .connect_timeout(self.connect_timeout)
+                .user_agent(concat!("imgedge-cluster/", env!("CARGO_PKG_VERSION")))
+                .build()
+        })
+    }
+
+    /// Set the per-peer health gauges (called when metrics are scraped).
+    pub fn update_gauges(&self) {
+        for m in self.ring.members() {
+            metrics::cluster_metrics()
+                .peer_up
+                .with_label_values(&[&m.addr.to_string()])
+                .set(i64::from(m.healthy));
+        }
+    }
+
+    /// The ring's membership as JSON (the admin's `GET /cluster`); with an id, also its owner
+    /// on the ring (`home`) and who fills it now (`owner`, skipping unhealthy peers).
+    pub fn membership_json(&self, id: Option<&str>) -> String {
+        let members: Vec<serde_json::Value> = self
+            .ring
+            .members()
+            .iter()
+            .map(|m| {
+                serde_json::json!({
+                    "node": m.addr.to_string(),
+                    "self": m.me,
+                    "healthy": m.healthy,
+                })
+            })
+            .collect();
+        let mut out = serde_json::json!({
+            "self": self.ring.me().to_string(),
+            "ring": "ketama",
+            "key": "image id",
+            "members": members,
+        });
+        if let Some(id) = id {
+            let owner = match self.ring.owner(id) {
+                ring::Owner::Me => self.ring.me(),
+                ring::Owner::Peer(a) => a,
+            };
+            out["id"] = id.into();
+            out["home"] = self.ring.home(id).map(|a| a.to_string()).into();
+            out["owner"] = owner.to_string().into();
+        }
+        format!("{out}\n")
+    }
+
+    /// This node's peer listener address on the ring.
+    pub fn me(&self) -> SocketAddr {
+        self.ring.me()
+    }
+}

@@ -1,0 +1,454 @@
+//! The POP as one cache: three real nodes on loopback, one S3-protocol server, counted.
+//!
+//! Each node is the real binary with `cluster.peers` listing all three peer listeners. The
+//! tests prove ownership and peer fill (one S3 GET and one resize per variant in the whole POP),
+//! that a SIGKILLed owner never fails a request, that the peer listener only answers the POP,
+//! and that a purge through one node reaches every node.
+
+mod common;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use futures::future::join_all;
+
+/// 2560x1600 JPEG.
+const KITE: &str = "3972b16287e5kite.jpg";
+/// 512x512 RGBA PNG.
+const ASTRO: &str = "81fe02aa9c01astro.png";
+const SECRET: &str = "cluster-test-secret-0123456789abcdef";
+const TOKEN: &str = "test-purge-token-0123456789";
+
+struct Pop {
+    nodes: Vec<Imgedge>,
+    /// Each node's peer listener, in node order.
+    peers: Vec<String>,
+}
+
+fn header(r: &reqwest::Response, name: &str) -> String {
+    r.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string()
+}
+
+/// Start `n` nodes forming one POP against `s3`; `extra` YAML goes to every node. Returns once
+/// every node sees every peer healthy.
+async fn pop(s3: &S3Server, n: usize, extra: &str) -> Pop {
+    let peers: Vec<String> = (0..n)
+        .map(|_| format!("127.0.0.1:{}", free_port()))
+        .collect();
+    let mut nodes = Vec::new();
+    for me in &peers {
+        let cluster = format!(
+            "cluster:\n  listen: {me}\n  peers: [{}]\n  secret: {SECRET}\n  health_check_interval: 100ms\n  connect_timeout: 300ms\n",
+            peers.join(", ")
+        );
+        nodes.push(Imgedge::start(s3, &format!("{extra}{cluster}")).await);
+    }
+    let pop = Pop { nodes, peers };
+    for node in &pop.nodes {
+        eventually("every peer healthy", || async {
+            let ring = membership(node, None).await;
+            ring["members"]
+                .as_array()
+                .is_some_and(|m| m.len() == n && m.iter().all(|m| m["healthy"] == true))
+        })
+        .await;
+    }
+    pop
+}
+
+/// The node's `GET /cluster[?id=...]`.
+async fn membership(node: &Imgedge, id: Option<&str>) -> serde_json::Value {
+    let q = id.map(|id| format!("?id={id}")).unwrap_or_default();
+    let r = node
+        .client
+        .get(format!("{}/cluster{q}", node.admin))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    serde_json::from_slice(&r.bytes().await.unwrap()).unwrap()
+}
+
+impl Pop {
+    async fn transforms(&self) -> f64 {
+        let mut sum = 0.0;
+        for n in &self.nodes {
+            sum += n.transforms().await;
+        }
+        sum
+    }
+
+    /// Index of the node whose peer listener is `addr`.
+    fn index(&self, addr: &str) -> usize {
+        self.peers.iter().position(|p| p == addr).unwrap()
+    }
+
+    async fn home(&self, id: &str) -> usize {
+        let ring = membership(&self.nodes[0], Some(id)).await;
+        self.index(ring["home"].as_str().unwrap())
+    }
+}
+
+async fn s3_with_samples() -> S3Server {
+    let s3 = S3Server::start().await;
+    s3.put(KITE, &read("kite.jpg"));
+    s3.put(ASTRO, &read("astronaut.png"));
+    s3
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_variant_costs_one_get_and_one_resize_in_the_whole_pop() {
+    let s3 = s3_with_samples().await;
+    let pop = pop(&s3, 3, "").await;
+    let owner = pop.home(KITE).await;
+    // Every node agrees on the owner.
+    for n in &pop.nodes {
+        let ring = membership(n, Some(KITE)).await;
+        assert_eq!(pop.index(ring["owner"].as_str().unwrap()), owner);
+    }
+
+    // Sequentially through every node, non-owners first: each misses, asks the owner.
+    let url = format!("/image/{KITE}?size=300x200");
+    let mut order: Vec<usize> = (0..3).filter(|&i| i != owner).collect();
+    order.push(owner);
+    let mut bodies = Vec::new();
+    for &i in &order {
+        let r = pop.nodes[i].get(&url).await;
+        assert_eq!(r.status(), 200);
+        let cache = x_cache(&r);
+        let peer = header(&r, "x-cache-peer");
+        if i == owner {
+            // The owner already has it: a peer asked first.
+            assert_eq!(cache, "HIT");
+            assert_eq!(peer, "");
+        } else {
+            assert_eq!(cache, "MISS", "node {i}");
+            assert!(
+                peer.starts_with(&pop.peers[owner]),
+                "node {i}: X-Cache-Peer {peer:?}, owner {}",
+                pop.peers[owner]
+            );
+        }
+        bodies.push(r.bytes().await.unwrap());
+    }
+    assert!(bodies.windows(2).all(|w| w[0] == w[1]));
+    assert_eq!(dims(&bodies[0]).0, 300);
+    assert_eq!(s3.gets(KITE), 1);
+    assert_eq!(pop.transforms().await, 1.0);
+    // Now every node has its own copy: hits everywhere, nothing asked of anyone.
+    for n in &pop.nodes {
+        let r = n.get(&url).await;
+        assert_eq!(x_cache(&r), "HIT");
+        assert_eq!(header(&r, "x-cache-peer"), "");
+    }
+
+    // Concurrently: 45 requests for one cold variant spread over the three nodes.
+    let owner = pop.home(ASTRO).await;
+    let asked_by_owner = pop.nodes[owner]
+        .metric("imgedge_cluster_peer_requests_total", &[])
+        .await;
+    let url = format!("/image/{ASTRO}?size=128x&format=webp");
+    let results = join_all((0..45).map(|i| {
+        let node = &pop.nodes[i % 3];
+        let url = url.clone();
+        async move {
+            let r = node.get(&url).await;
+            (r.status().as_u16(), r.bytes().await.unwrap())
+        }
+    }))
+    .await;
+    assert!(results.iter().all(|(s, _)| *s == 200));
+    assert!(results.windows(2).all(|w| w[0].1 == w[1].1));
+    assert_eq!(s3.gets(ASTRO), 1, "one S3 GET in the whole POP");
+    assert_eq!(
+        pop.transforms().await,
+        2.0,
+        "one resize per variant in the POP"
+    );
+    let fills = pop.nodes[owner]
+        .metric("imgedge_cluster_peer_requests_total", &[])
+        .await;
+    assert_eq!(
+        fills, asked_by_owner,
+        "the owner never asks anyone for its own ids"
+    );
+    for (i, n) in pop.nodes.iter().enumerate().filter(|(i, _)| *i != owner) {
+        let asked = n
+            .metric(
+                "imgedge_cluster_peer_requests_total",
+                &[("peer", &pop.peers[owner]), ("result", "ok")],
+            )
+            .await;
+        assert!(asked >= 1.0, "node {i} filled ASTRO from its owner");
+    }
+}
+
+/// Small PNG originals under many ids, so the ring spreads them over every node.
+fn ids(s3: &S3Server, n: usize) -> Vec<String> {
+    let bytes = read("reduce-rgb-120x75.png");
+    (0..n)
+        .map(|i| {
+            let id = format!("{:06x}{i}tile.png", i * 7919);
+            s3.put(&id, &bytes);
+            id
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_owner_never_fails_a_request_and_survivors_keep_their_keys() {
+    let s3 = S3Server::start().await;
+    let ids = ids(&s3, 24);
+    let mut pop = pop(&s3, 3, "").await;
+    let mut homes = Vec::new();
+    for id in &ids {
+        homes.push(pop.home(id).await);
+    }
+    assert!(
+        (0..3).all(|n| homes.contains(&n)),
+        "ids spread over every node: {homes:?}"
+    );
+
+    // A client spreads requests over nodes 0 and 1: mostly new variants (misses), so many are
+    // asked of node 2 while it is killed.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (sent, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let bases = [pop.nodes[0].base.clone(), pop.nodes[1].base.clone()];
+    let mut tasks = Vec::new();
+    for worker in 0..4u64 {
+        let (stop, sent, failed) = (stop.clone(), sent.clone(), failed.clone());
+        let (ids, bases) = (ids.clone(), bases.clone());
+        let client = http_client();
+        tasks.push(tokio::spawn(async move {
+            let mut k = worker;
+            while !stop.load(Ordering::Relaxed) {
+                k += 4;
+                let id = &ids[(k as usize * 7) % ids.len()];
+                let url = format!("{}/image/{id}?size={}x", bases[k as usize % 2], 8 + k % 400);
+                sent.fetch_add(1, Ordering::Relaxed);
+                let ok = match client.get(&url).send().await {
+                    Ok(r) => r.status() == 200 && r.bytes().await.is_ok(),
+                    Err(_) => false,
+                };
+                if !ok {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                    eprintln!("failed: {url}");
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let before_kill = sent.load(Ordering::Relaxed);
+    pop.nodes[2].kill();
+    let killed_at = Instant::now();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let (total, failures) = (sent.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    eprintln!(
+        "{total} requests ({before_kill} before the kill, {} in the {:?} after), {failures} failed",
+        total - before_kill,
+        killed_at.elapsed()
+    );
+    assert_eq!(failures, 0);
+    assert!(total - before_kill > 20, "load continued after the kill");
+    let asked = pop.nodes[0]
+        .metric(
+            "imgedge_cluster_peer_requests_total",
+            &[("peer", &pop.peers[2]), ("result", "ok")],
+        )
+        .await;
+    assert!(asked > 0.0, "node 0 asked node 2 before it died");
+    let mut fell_back = 0.0;
+    for n in &pop.nodes[..2] {
+        fell_back += n
+            .metric(
+                "imgedge_cluster_peer_requests_total",
+                &[("peer", &pop.peers[2]), ("result", "fallback")],
+            )
+            .await;
+    }
+    eprintln!("{fell_back} requests met the dead owner and were filled locally");
+
+    // The health check marked node 2 down; ids owned by the survivors did not move, node 2's
+    // went to the next node on the ring.
+    for n in &pop.nodes[..2] {
+        eventually("node 2 marked down", || async {
+            let ring = membership(n, None).await;
+            ring["members"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|m| m["node"] == pop.peers[2].as_str() && m["healthy"] == false)
+        })
+        .await;
+        for (id, &home) in ids.iter().zip(&homes) {
+            let ring = membership(n, Some(id)).await;
+            let owner = pop.index(ring["owner"].as_str().unwrap());
+            if home == 2 {
+                assert_ne!(owner, 2, "{id}: a dead owner is skipped");
+            } else {
+                assert_eq!(owner, home, "{id}: a survivor's key moved");
+            }
+        }
+    }
+    assert_eq!(
+        pop.nodes[0]
+            .metric("imgedge_cluster_peer_up", &[("peer", &pop.peers[2])])
+            .await,
+        0.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_peer_listener_answers_only_the_pop_and_peer_headers_gain_a_client_nothing() {
+    let s3 = s3_with_samples().await;
+    // Signed URLs on the public listener: a peer's request needs no signature, a client's does.
+    let extra = format!("policy:\n  signing_keys: [\"{}\"]\n", "k".repeat(32));
+    let pop = pop(&s3, 2, &extra).await;
+    let client = http_client();
+    let auth = imgedge::cluster::listener::PeerAuth::new(SECRET);
+    let target = format!("/image/{KITE}?size=120x");
+    let peer_url = format!("http://{}{target}", pop.peers[0]);
+    let status = |r: reqwest::Response| r.status().as_u16();
+
+    // No proof, a wrong one, the secret itself, a proof for another URL: 403, and no S3 GET.
+    let forged = imgedge::cluster::listener::PeerAuth::new("not-the-secret-but-just-as-long-0123");
+    for proof in [
+        None,
+        Some(forged.sign("GET", &target)),
+        Some(SECRET.to_string()),
+        Some(auth.sign("GET", &format!("/image/{KITE}?size=121x"))),
+    ] {
+        let mut req = client.get(&peer_url);
+        if let Some(p) = &proof {
+            req = req.header("x-imgedge-peer-auth", p);
+        }
+        assert_eq!(status(req.send().await.unwrap()), 403, "proof {proof:?}");
+    }
+    let purge = format!("/_cluster/purge/image/{KITE}");
+    let r = client
+        .post(format!("http://{}{purge}", pop.peers[0]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(status(r), 403);
+    assert_eq!(s3.total_gets(), 0);
+
+    // With the proof, the peer listener serves (no URL signature needed: the asking node
+    // checked it).
+    let r = client
+        .get(&peer_url)
+        .header("x-imgedge-peer-auth", auth.sign("GET", &target))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(status(r), 200);
+
+    // The public listener ignores peer headers: an unsigned URL stays 403 even with a valid
+    // proof, and nothing is fetched for it.
+    let gets = s3.total_gets();
+    let other = format!("/image/{ASTRO}?size=64x");
+    for node in &pop.nodes {
+        let r = client
+            .get(node.url(&other))
+            .header("x-imgedge-peer-auth", auth.sign("GET", &other))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(status(r), 403);
+    }
+    assert_eq!(s3.total_gets(), gets);
+    assert_eq!(
+        pop.nodes[0]
+            .metric("imgedge_cluster_refused_total", &[])
+            .await,
+        5.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purge_through_one_node_reaches_every_node() {
+    let s3 = s3_with_samples().await;
+    let extra = format!("admin:\n  purge_token: {TOKEN}\n");
+    let pop = pop(&s3, 3, &extra).await;
+    let url = format!("/image/{KITE}?size=200x");
+    for n in &pop.nodes {
+        let r = n.get(&url).await;
+        assert_eq!(r.status(), 200);
+        assert_eq!(dims(&r.bytes().await.unwrap()).1, 125);
+    }
+    for n in &pop.nodes {
+        assert_eq!(x_cache(&n.get(&url).await), "HIT");
+    }
+
+    // The image behind the id changes; the purge goes to one node only.
+    s3.put(KITE, &read("astronaut.png"));
+    let purger = (pop.home(KITE).await + 1) % 3;
+    let started = Instant::now();
+    let r = pop.nodes[purger]
+        .client
+        .post(format!("{}/purge/image/{KITE}", pop.nodes[purger].admin))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let answer: serde_json::Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+    eprintln!("purge answered in {:?}: {answer}", started.elapsed());
+    assert_eq!(answer["all_confirmed"], true);
+    let nodes = answer["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 3);
+    for p in &pop.peers {
+        assert!(
+            nodes
+                .iter()
+                .any(|n| n["node"] == p.as_str() && n["confirmed"] == true),
+            "{p} confirmed: {answer}"
+        );
+    }
+    // No node serves the old object.
+    for (i, n) in pop.nodes.iter().enumerate() {
+        let r = n.get(&url).await;
+        assert_eq!(r.status(), 200);
+        assert_eq!(
+            dims(&r.bytes().await.unwrap()).1,
+            200,
+            "node {i} served the purged object"
+        );
+    }
+    let m = pop.nodes[purger]
+        .metric("imgedge_cluster_purge_duration_seconds_count", &[])
+        .await;
+    assert_eq!(m, 1.0);
+
+    // A variant purge too: every node drops its copy.
+    for n in &pop.nodes {
+        assert_eq!(x_cache(&n.get(&url).await), "HIT");
+    }
+    let r = pop.nodes[0]
+        .client
+        .post(format!("{}/purge/url{url}", pop.nodes[0].admin))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let answer: serde_json::Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+    assert_eq!(answer["all_confirmed"], true, "{answer}");
+    // The owner first: a non-owner's miss refills the owner, which would then be a HIT.
+    let owner = pop.home(KITE).await;
+    let mut order: Vec<usize> = vec![owner];
+    order.extend((0..3).filter(|&i| i != owner));
+    for i in order {
+        assert_ne!(x_cache(&pop.nodes[i].get(&url).await), "HIT", "node {i}");
+    }
+}
