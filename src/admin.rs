@@ -172,7 +172,8 @@ impl AdminApp {
                     )
                 }
             };
-            if let Err(e) = self.cache.purges.purge(&variant.id) {
+            // The fsync runs on the blocking pool, not on the admin runtime's threads.
+            if let Err(e) = self.cache.purges.purge_async(variant.id.clone()).await {
                 tracing::error!("purge log write failed: {e}");
                 return plain(StatusCode::INTERNAL_SERVER_ERROR, "purge log write failed");
             }

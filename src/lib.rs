@@ -5,10 +5,12 @@
 //! original from its [`origin::source`], resizes it with [`origin::transform`] on the
 //! [`origin::pool`] and answers. [`server`] assembles the three Pingora services (edge, origin,
 //! [`admin`]); [`config`] is the one YAML file; [`error`] maps every failure to its HTTP status.
-//! [`mirror`] replays a sample of live requests to another node; [`warm`] is `imgedge warm`.
+//! [`mirror`] replays a sample of live requests to another node; [`warm`] is `imgedge warm`;
+//! both send with [`client`]. [`policy`] decides what the edge agrees to serve.
 
 pub mod admin;
 pub mod cache;
+pub mod client;
 pub mod config;
 pub mod edge;
 pub mod error;
