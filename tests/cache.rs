@@ -542,11 +542,8 @@ async fn a_fill_running_across_a_purge_is_not_served_after_it() {
         .unwrap();
     assert_eq!(r.status(), 200);
     let (status, cache, _) = fill.await.unwrap();
-    assert_eq!(
-        (status, cache.as_str()),
-        (200, "MISS"),
-        "the asker is answered"
-    );
+    assert_eq!(status, 200, "the asker is answered");
+    assert_ne!(cache, "HIT");
 
     // What that fill produced predates the purge: not served, fetched again.
     let (status, cache, _) = fetch(&node, &url).await;

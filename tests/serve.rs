@@ -566,7 +566,7 @@ async fn a_slow_source_does_not_fill_the_resize_pool() {
     s3.put("5109slow0.jpg", &read("kite.jpg"));
     s3.put("5109slow1.jpg", &read("kite.jpg"));
     s3.put(KITE, &read("kite.jpg"));
-    s3.set_delay(Duration::from_millis(2000));
+    s3.set_delay(Duration::from_millis(1200));
     let node = Imgedge::start(&s3, "transform:\n  workers: 1\n  queue: 1\n").await;
     let slow: Vec<_> = (0..2)
         .map(|i| {
