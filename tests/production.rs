@@ -576,3 +576,28 @@ async fn slow_and_oversized_requests_are_cut_off() {
     assert_eq!(r.status(), 431);
     assert!(r.text().await.unwrap().contains("too large"));
 }
+
+/// Issue 13 item 2: with a size policy on, `q`, `bg` and re-encodes without `size` are bounded
+/// too (one object for any `q`, only allowed colours, no full-size re-encode).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_size_policy_bounds_quality_background_and_full_size_reencodes() {
+    let s3 = s3_with_kite().await;
+    let node = Imgedge::start(&s3, "policy:\n  size_ladder: [64, 128, 256, 512]\n").await;
+    // The 2560 px original re-encoded as PNG comes at the top step.
+    let r = node.get(&format!("/image/{ID}?format=png")).await;
+    assert_eq!(r.status(), 200);
+    let (w, h, _) = common::dims(&r.bytes().await.unwrap());
+    assert!(w <= 512 && h <= 512, "{w}x{h}");
+    // Any q is one object.
+    let r = node.get(&format!("/image/{ID}?size=100x&q=37")).await;
+    assert_eq!(r.status(), 200);
+    r.bytes().await.unwrap();
+    let r = node.get(&format!("/image/{ID}?size=100x&q=93")).await;
+    assert_eq!(r.headers()["x-cache"], "HIT", "q made a second object");
+    // Only the configured padding colours.
+    let r = node
+        .get(&format!("/image/{ID}?size=100x100&fit=contain&bg=123456"))
+        .await;
+    assert_eq!(r.status(), 400);
+    assert_eq!(node.transforms().await, 2.0);
+}
