@@ -13,7 +13,7 @@ use bytesize::ByteSize;
 use serde::Deserialize;
 
 use crate::secret::Secret;
-use crate::variant::ParseOptions;
+use crate::variant::{parse_box, parse_rgb, ParseOptions};
 
 /// A configuration problem, always naming the key.
 #[derive(Debug, thiserror::Error)]
@@ -244,6 +244,12 @@ pub struct PolicyConfig {
     pub sizes: Vec<String>,
     /// Widths (and heights) requested sizes are rounded up to; empty keeps sizes as asked.
     pub size_ladder: Vec<u32>,
+    /// With `sizes` or `size_ladder`: the qualities served (`q` snaps to the nearest); empty:
+    /// `transform.default_quality` only.
+    pub qualities: Vec<u8>,
+    /// With `sizes` or `size_ladder`: the `fit=contain` padding colours (`RRGGBB`) served
+    /// (others are refused); empty: `transform.background` only.
+    pub backgrounds: Vec<String>,
     /// Misses one client IP may cause per second (hits are never counted); 0 = no limit.
     pub misses_per_ip: u32,
     /// Header holding the client IP as set by a trusted load balancer (its last entry is
@@ -299,6 +305,10 @@ pub struct OriginConfig {
     /// Longest a source fetch may take, retries included; past it the answer is 504.
     #[serde(with = "humantime_serde")]
     pub fetch_timeout: Duration,
+    /// Source fetches in flight at most (their memory: this x `limits.max_source_bytes`); past
+    /// it a miss is answered 503. Separate from the resize pool, so a slow source cannot fill
+    /// the pool while its threads idle.
+    pub max_fetches: usize,
     /// `Cache-Control` sent with successful images (browsers and the edge's own TTL).
     pub cache_control: String,
     /// How long a 404 (missing original) or 422 (bad original) is cached.
@@ -316,6 +326,7 @@ impl Default for OriginConfig {
             local: LocalConfig::default(),
             s3: S3Config::default(),
             fetch_timeout: Duration::from_secs(10),
+            max_fetches: 32,
             cache_control: "public, max-age=31536000, immutable".into(),
             negative_ttl: Duration::from_secs(60),
         }
@@ -375,6 +386,10 @@ pub struct S3Config {
     pub attempt_timeout: Duration,
     /// Checksum behaviour; `when_required` for S3-compatible stores.
     pub checksums: ChecksumMode,
+    /// Treat `403 AccessDenied` on GetObject as a missing original (404, negatively cached).
+    /// S3 answers a missing key so when the role lacks `s3:ListBucket`; without this, every
+    /// request for a missing id would reach S3 again (an uncached 502).
+    pub access_denied_is_not_found: bool,
 }
 
 impl Default for S3Config {
@@ -390,6 +405,7 @@ impl Default for S3Config {
             connect_timeout: Duration::from_secs(2),
             attempt_timeout: Duration::from_secs(4),
             checksums: ChecksumMode::WhenSupported,
+            access_denied_is_not_found: true,
         }
     }
 }
@@ -428,7 +444,8 @@ impl Default for LimitsConfig {
 pub struct TransformConfig {
     /// Resize threads; one image per thread at a time. 0 means one per CPU.
     pub workers: usize,
-    /// Misses allowed to wait for a worker (fetching or queued); past it the answer is 503.
+    /// Fetched originals allowed to wait for a worker; past it the answer is 503. (Fetches in
+    /// flight are bounded by `origin.max_fetches`.)
     pub queue: usize,
     /// `Retry-After` sent with a 503.
     #[serde(with = "humantime_serde")]
@@ -551,8 +568,12 @@ impl Default for CacheConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MirrorConfig {
-    /// Base URL of the node to warm (`http://host:port`, its edge listener); empty: off.
+    /// Base URL of the node to warm (`http://host:port` or `https://host:port`, its edge
+    /// listener); empty: off.
     pub target: String,
+    /// PEM CA certificates trusted for an https:// target instead of the system's roots; empty:
+    /// the system's roots.
+    pub ca_file: PathBuf,
     /// Fraction of image requests mirrored, 0..=1.
     pub sample: f64,
     /// Requests waiting to be sent; when full, new ones are dropped (and counted).
@@ -568,6 +589,7 @@ impl Default for MirrorConfig {
     fn default() -> Self {
         MirrorConfig {
             target: String::new(),
+            ca_file: PathBuf::new(),
             sample: 1.0,
             queue_len: 1024,
             timeout: Duration::from_secs(10),
@@ -580,7 +602,16 @@ impl MirrorConfig {
     fn validate(&self) -> Result<(), ConfigError> {
         let t = &self.target;
         if !(t.is_empty() || t.starts_with("http://") || t.starts_with("https://")) {
-            return Err(invalid("mirror.target", "must be empty or an http:// URL"));
+            return Err(invalid(
+                "mirror.target",
+                "must be empty or an http:// or https:// URL",
+            ));
+        }
+        if !self.ca_file.as_os_str().is_empty() && !self.ca_file.is_file() {
+            return Err(invalid(
+                "mirror.ca_file",
+                format!("{}: not a readable file", self.ca_file.display()),
+            ));
         }
         if !(0.0..=1.0).contains(&self.sample) {
             return Err(invalid("mirror.sample", "must be in 0..=1"));
@@ -708,14 +739,6 @@ impl ClusterConfig {
     }
 }
 
-fn parse_rgb(s: &str) -> Option<[u8; 3]> {
-    if s.len() != 6 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return None;
-    }
-    let byte = |i: usize| u8::from_str_radix(&s[i..i + 2], 16).ok();
-    Some([byte(0)?, byte(2)?, byte(4)?])
-}
-
 impl Config {
     /// Read, parse and validate a file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -835,6 +858,9 @@ impl Config {
                     return Err(invalid("origin.s3.attempt_timeout", "must be positive"));
                 }
             }
+        }
+        if self.origin.max_fetches == 0 {
+            return Err(invalid("origin.max_fetches", "must be at least 1"));
         }
         if self.origin.fetch_timeout.is_zero() {
             return Err(invalid("origin.fetch_timeout", "must be positive"));
@@ -986,7 +1012,7 @@ impl Config {
             ));
         }
         for s in &p.sizes {
-            crate::policy::sizes::parse_box(s, self.limits.max_dimension)
+            parse_box(s, self.limits.max_dimension)
                 .map_err(|m| invalid("policy.sizes", format!("{s:?}: {m}")))?;
         }
         if !p.sizes.is_empty() && !p.size_ladder.is_empty() {
@@ -1002,6 +1028,20 @@ impl Config {
             return Err(invalid(
                 "policy.size_ladder",
                 "must be strictly increasing steps in 1..=limits.max_dimension",
+            ));
+        }
+        if p.qualities.windows(2).any(|w| w[0] >= w[1])
+            || p.qualities.iter().any(|q| !(1..=100).contains(q))
+        {
+            return Err(invalid(
+                "policy.qualities",
+                "must be strictly increasing qualities in 1..=100",
+            ));
+        }
+        if let Some(b) = p.backgrounds.iter().find(|b| parse_rgb(b).is_none()) {
+            return Err(invalid(
+                "policy.backgrounds",
+                format!("{b:?}: must be RRGGBB hex"),
             ));
         }
         if !p.client_ip_header.is_empty()
@@ -1052,11 +1092,42 @@ impl Config {
             background: self.transform.background_rgb(),
         }
     }
+
+    /// The longest an object can be served after it was created: the longer of the TTLs the
+    /// origin sets (`origin.cache_control`'s `s-maxage`/`max-age`, `origin.negative_ttl`) plus
+    /// both stale windows. A purge record older than this can no longer match anything.
+    pub fn longest_keep(&self) -> Duration {
+        let directive = |name: &str| {
+            self.origin
+                .cache_control
+                .split(',')
+                .filter_map(|d| d.trim().split_once('='))
+                .find(|(k, _)| k.trim().eq_ignore_ascii_case(name))
+                .and_then(|(_, v)| v.trim().trim_matches('"').parse::<u64>().ok())
+        };
+        let ttl = directive("s-maxage")
+            .or_else(|| directive("max-age"))
+            .unwrap_or(0);
+        Duration::from_secs(ttl).max(self.origin.negative_ttl)
+            + self.cache.stale_if_error
+            + self.cache.stale_while_revalidate
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn longest_keep_adds_the_stale_windows_to_the_longest_ttl() {
+        let cfg = Config::from_yaml(
+            "origin:\n  cache_control: \"public, max-age=600, s-maxage=3600\"\n  negative_ttl: 60s\ncache:\n  stale_if_error: 100s\n  stale_while_revalidate: 10s\n",
+        )
+        .unwrap();
+        assert_eq!(cfg.longest_keep(), Duration::from_secs(3600 + 110));
+        let cfg = Config::from_yaml("origin:\n  cache_control: no-store\n  negative_ttl: 60s\ncache:\n  stale_if_error: 0s\n").unwrap();
+        assert_eq!(cfg.longest_keep(), Duration::from_secs(60));
+    }
 
     fn err(yaml: &str) -> String {
         Config::from_yaml(yaml).unwrap_err().to_string()
@@ -1083,6 +1154,9 @@ mod tests {
         assert!(err("server:\n  pid_file: rel.pid\n").starts_with("server.pid_file:"));
         assert!(err("origin:\n  key_template: \"{id:0:}\"\n").starts_with("origin.key_template:"));
         assert!(err("mirror:\n  sample: 1.5\n").starts_with("mirror.sample:"));
+        assert!(err("policy:\n  qualities: [80, 50]\n").starts_with("policy.qualities:"));
+        assert!(err("policy:\n  qualities: [0]\n").starts_with("policy.qualities:"));
+        assert!(err("policy:\n  backgrounds: [white]\n").starts_with("policy.backgrounds:"));
         assert!(err("mirror:\n  target: node-b:8080\n").starts_with("mirror.target:"));
         let cluster =
             "cluster:\n  listen: 127.0.0.1:9092\n  peers: [127.0.0.1:9092, 127.0.0.1:9093]\n";

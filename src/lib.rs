@@ -6,10 +6,12 @@
 //! [`origin::pool`] and answers. [`server`] assembles the three Pingora services (edge, origin,
 //! [`admin`]); [`config`] is the one YAML file; [`error`] maps every failure to its HTTP status.
 //! [`cluster`] makes the nodes of a POP one cache (ownership by id, peer fill, purge everywhere).
-//! [`mirror`] replays a sample of live requests to another node; [`warm`] is `imgedge warm`.
+//! [`mirror`] replays a sample of live requests to another node; [`warm`] is `imgedge warm`;
+//! both send with [`client`]. [`policy`] decides what the edge agrees to serve.
 
 pub mod admin;
 pub mod cache;
+pub mod client;
 pub mod cluster;
 pub mod config;
 pub mod edge;

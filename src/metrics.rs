@@ -28,6 +28,8 @@ pub struct Metrics {
     pub transforms: IntCounterVec,
     /// Misses refused with 503 because the pool was full.
     pub pool_rejected: IntCounter,
+    /// Misses refused with 503 because `origin.max_fetches` fetches were in flight.
+    pub fetches_rejected: IntCounter,
     /// Jobs running on the resize pool.
     pub pool_busy: IntGauge,
     /// Jobs waiting for a resize thread.
@@ -160,6 +162,13 @@ static METRICS: Lazy<Metrics> = Lazy::new(|| {
     }
     r.register(Box::new(pool_rejected.clone()))
         .expect("metric registered once");
+    let fetches_rejected = IntCounter::new(
+        "imgedge_source_fetches_rejected_total",
+        "Misses refused because origin.max_fetches fetches were in flight.",
+    )
+    .expect("static metric definition");
+    r.register(Box::new(fetches_rejected.clone()))
+        .expect("metric registered once");
     let cache_lookups = counter_vec(
         &r,
         "imgedge_cache_lookups_total",
@@ -291,6 +300,7 @@ static METRICS: Lazy<Metrics> = Lazy::new(|| {
         source_fetches,
         transforms,
         pool_rejected,
+        fetches_rejected,
         pool_busy,
         pool_queued,
         mirror,

@@ -19,12 +19,12 @@ use pingora_core::services::background::BackgroundService;
 use prometheus::IntCounter;
 use tokio::sync::{mpsc, Semaphore};
 
+use crate::client;
+pub use crate::client::MIRROR_HEADER;
 use crate::config::MirrorConfig;
 use crate::metrics::metrics;
 use crate::policy::signing::{self, Signer};
 use crate::variant::Variant;
-use crate::warm::client;
-pub use crate::warm::client::MIRROR_HEADER;
 
 /// The edge's side: sample and enqueue.
 pub struct Mirror {
@@ -70,6 +70,7 @@ pub struct MirrorService {
     target: String,
     timeout: Duration,
     concurrency: usize,
+    ca_file: Option<std::path::PathBuf>,
 }
 
 /// The edge's [`Mirror`] and the service that sends, or `None` when mirroring is off.
@@ -93,6 +94,7 @@ pub fn from_config(cfg: &MirrorConfig, signing_keys: &[String]) -> Option<(Mirro
             target: cfg.target.trim_end_matches('/').to_string(),
             timeout: cfg.timeout,
             concurrency: cfg.concurrency,
+            ca_file: (!cfg.ca_file.as_os_str().is_empty()).then(|| cfg.ca_file.clone()),
         },
     ))
 }
@@ -104,7 +106,7 @@ impl BackgroundService for MirrorService {
             return;
         };
         // Created here, on this service's runtime, after any daemon fork.
-        let http = match client::client(self.timeout, self.concurrency) {
+        let http = match client::client(self.timeout, self.concurrency, self.ca_file.as_deref()) {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!("mirror disabled: cannot build the HTTP client: {e}");

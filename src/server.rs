@@ -90,7 +90,7 @@ pub fn build(cfg: &Config, run: RunOptions) -> Result<Server, Error> {
     );
     origin_svc.threads = Some(cfg.origin.threads);
 
-    let cache = Cache::from_config(&cfg.cache)?;
+    let cache = Cache::from_config(cfg)?;
     let (mirror, mirror_svc) = crate::mirror::from_config(&cfg.mirror, &cfg.signing_keys()).unzip();
     let draining = Draining::default();
     let cluster = crate::cluster::Cluster::from_config(&cfg.cluster)?;

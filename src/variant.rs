@@ -367,6 +367,14 @@ fn parse_dpr(s: &str) -> Result<f64> {
     }
 }
 
+/// A box of the size policy's allow-list (`policy.sizes`): `WxH`, `Wx` or `xH`, parsed by the
+/// same rules as the `size` parameter (no `dpr`), so a listed box and a request for it agree.
+pub fn parse_box(s: &str, max: u32) -> std::result::Result<(Option<u32>, Option<u32>), String> {
+    parse_size(s, Fit::Cover, 1.0, max)
+        .map(|r| (r.width, r.height))
+        .map_err(|e| e.reason())
+}
+
 /// `WxH`, `Wx` or `xH`, each side in 1..=max; `dpr` multiplies both sides (rounded). When `dpr`
 /// pushes a side past `max`, both sides shrink by the same factor so the box keeps its shape.
 fn parse_size(s: &str, fit: Fit, dpr: f64, max: u32) -> Result<Resize> {

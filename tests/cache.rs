@@ -511,3 +511,112 @@ async fn a_declined_fill_serves_its_waiters_on_a_memory_only_node() {
     assert!(again == body);
     assert_eq!(s3.gets(KITE), gets + 1);
 }
+
+/// Issue 13 item 6: a fill that began before `POST /purge/image/{id}` and finished after it
+/// was cached with a creation time after the purge, so the purge missed it and it was served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fill_running_across_a_purge_is_not_served_after_it() {
+    let s3 = S3Server::start().await;
+    let slow = "51070wslow.jpg";
+    s3.put(slow, &read("kite.jpg"));
+    s3.set_delay(Duration::from_millis(1500));
+    let node = Imgedge::start(&s3, &format!("admin:\n  purge_token: {TOKEN}\n")).await;
+    let url = format!("/image/{slow}?size=100x");
+
+    let fill = {
+        let req = node.client.get(node.url(&url));
+        tokio::spawn(async move {
+            let r = req.send().await.unwrap();
+            let cache = header(&r, "x-cache");
+            (r.status().as_u16(), cache, r.bytes().await.unwrap())
+        })
+    };
+    // The purge lands while S3 holds the fill's GetObject.
+    eventually("the fill to reach S3", || async { s3.gets(slow) == 1 }).await;
+    let r = node
+        .client
+        .post(format!("{}/purge/image/{slow}", node.admin))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let (status, cache, _) = fill.await.unwrap();
+    assert_eq!(status, 200, "the asker is answered");
+    assert_ne!(cache, "HIT");
+
+    // What that fill produced predates the purge: not served, fetched again.
+    let (status, cache, _) = fetch(&node, &url).await;
+    assert_eq!(status, 200);
+    assert_ne!(
+        cache, "HIT",
+        "a fill started before the purge was served after it"
+    );
+    assert_eq!(s3.gets(slow), 2);
+    // The fill after the purge is cached as usual.
+    assert_eq!(fetch(&node, &url).await.1, "HIT");
+}
+
+/// Resident memory of a process, from /proc.
+fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kib * 1024
+}
+
+/// Issue 13 item 5: fills were buffered in a `BytesMut` grown by doubling and frozen with
+/// its spare capacity, while the tier charged only the length: the cached bodies could hold
+/// up to twice `cache.memory_bytes`. Bodies are now allocated exactly. After the resize
+/// buffers have reached their high-water mark (a warm-up of the same work), the process may
+/// grow by at most 1.3x what the tier charges for the objects it added, plus a small allowance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cached_bodies_cost_what_the_memory_tier_charges() {
+    let s3 = s3_with_samples().await;
+    let node = Imgedge::start(
+        &s3,
+        "cache:\n  memory_bytes: 96 MiB\n  max_object_bytes: 8 MiB\ntransform:\n  workers: 2\n",
+    )
+    .await;
+    // Large JPEGs near the original's size: every request decodes all 2560x1600 pixels.
+    let url = |w: u32| format!("/image/{KITE}?size={w}x&q=100");
+    let mut bodies = 0u64;
+    for w in 2560 - 8..2560 {
+        let (status, _, body) = fetch(&node, &url(w)).await;
+        assert_eq!(status, 200);
+        bodies += body.len() as u64;
+    }
+    let charged = || node.metric("imgedge_cache_bytes", &[("tier", "memory")]);
+    let (rss0, charged0) = (rss_bytes(node.pid()), charged().await);
+    for w in (1800..2552).step_by(8) {
+        let (status, _, body) = fetch(&node, &url(w)).await;
+        assert_eq!(status, 200);
+        bodies += body.len() as u64;
+    }
+    let (rss1, charged1) = (rss_bytes(node.pid()), charged().await);
+    let (grown, added) = (rss1.saturating_sub(rss0) as f64, charged1 - charged0);
+    let mib = |b: f64| b / (1024.0 * 1024.0);
+    eprintln!(
+        "bodies served {:.1} MiB; tier charged +{:.1} MiB; RSS +{:.1} MiB ({:.1} -> {:.1})",
+        mib(bodies as f64),
+        mib(added),
+        mib(grown),
+        mib(rss0 as f64),
+        mib(rss1 as f64)
+    );
+    assert!(
+        added > 48.0 * 1024.0 * 1024.0,
+        "the tier took only {:.1} MiB",
+        mib(added)
+    );
+    let allowance = 8.0 * 1024.0 * 1024.0;
+    assert!(
+        grown <= 1.3 * added + allowance,
+        "RSS grew {:.1} MiB for {:.1} MiB charged",
+        mib(grown),
+        mib(added)
+    );
+}

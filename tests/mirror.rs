@@ -61,10 +61,23 @@ async fn a_mirrors_to_b_and_b_gets_warm() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
+    // The edge offers in its logging phase, after the response: reading the counter now could
+    // come before the two requests above were offered and pass whatever they did. One more
+    // mirrored request after them, waited for, then the exact count.
+    let r = a.get(&format!("/image/{KITE}?size=160x")).await;
+    assert_eq!(r.status(), 200);
+    r.bytes().await.unwrap();
+    eventually("A to queue the sentinel request", || async {
+        a.metric("imgedge_mirror_requests_total", &[("result", "queued")])
+            .await
+            >= 4.0
+    })
+    .await;
     assert_eq!(
         a.metric("imgedge_mirror_requests_total", &[("result", "queued")])
             .await,
-        3.0
+        4.0,
+        "the 404 or the mirrored request was mirrored"
     );
 }
 
@@ -101,6 +114,15 @@ async fn a_hung_or_dead_target_never_fails_a_and_drops_are_counted() {
         assert_eq!(r.status(), 200);
         assert_eq!(x_cache(&r), "HIT");
     }
+    // Offers are counted in the logging phase, after each response: wait for all 30.
+    eventually("A to count 30 offers", || async {
+        a.metric("imgedge_mirror_requests_total", &[("result", "dropped")])
+            .await
+            + a.metric("imgedge_mirror_requests_total", &[("result", "queued")])
+                .await
+            >= 30.0
+    })
+    .await;
     let dropped = a
         .metric("imgedge_mirror_requests_total", &[("result", "dropped")])
         .await;
@@ -123,4 +145,45 @@ async fn a_hung_or_dead_target_never_fails_a_and_drops_are_counted() {
             == 5.0
     })
     .await;
+}
+
+/// Issue 13 item 3: `mirror.target: https://…` works in the shipped binary (rustls with ring,
+/// `mirror.ca_file` trusted instead of the system roots).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mirrors_to_an_https_target_with_its_ca() {
+    let s3 = S3Server::start().await;
+    s3.put(KITE, &read("kite.jpg"));
+    let certs = dev_certs();
+    let d = certs.path().display();
+    let port = free_port();
+    let b = Imgedge::start(
+        &s3,
+        &format!(
+            "edge:\n  tls:\n    listen: [\"127.0.0.1:{port}\"]\n    certificates:\n      - cert: {d}/dev.pem\n        key: {d}/dev.key\n"
+        ),
+    )
+    .await;
+    let a = Imgedge::start(
+        &s3,
+        &mirror_yaml(
+            &format!("https://localhost:{port}"),
+            &format!("  ca_file: {d}/dev-ca.pem\n"),
+        ),
+    )
+    .await;
+    let r = a.get(&format!("/image/{KITE}?size=121x")).await;
+    assert_eq!(r.status(), 200);
+    r.bytes().await.unwrap();
+    eventually("A to count the mirrored request as ok", || async {
+        a.metric("imgedge_mirror_requests_total", &[("result", "ok")])
+            .await
+            == 1.0
+    })
+    .await;
+    assert_eq!(b.origin_requests().await, 1.0);
+    assert_eq!(
+        a.metric("imgedge_mirror_requests_total", &[("result", "error")])
+            .await,
+        0.0
+    );
 }

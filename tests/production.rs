@@ -355,6 +355,30 @@ async fn signed_urls_are_required_and_rotate() {
     assert_eq!(s3.gets(ID), 1, "one fill; refused requests never reach S3");
 }
 
+/// Issue 13 item 1: rounding a tall box's width up scaled its height past
+/// `limits.max_dimension`, and the origin refused the canonical URI: a valid request got 400.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_size_ladder_never_turns_a_valid_request_into_a_400() {
+    let s3 = s3_with_kite().await;
+    let node = Imgedge::start(
+        &s3,
+        "policy:\n  size_ladder: [64, 128, 256, 512, 1024, 2048]\n",
+    )
+    .await;
+    for q in [
+        "size=65x4096",
+        "size=65x4000&fit=inside",
+        "size=4096x4096&fit=fill",
+    ] {
+        let r = node.get(&format!("/image/{ID}?{q}")).await;
+        let status = r.status();
+        let body = r.bytes().await.unwrap();
+        assert_eq!(status, 200, "{q}: {}", String::from_utf8_lossy(&body));
+        let (w, h, _) = common::dims(&body);
+        assert!(w <= 4096 && h <= 4096, "{q}: {w}x{h}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_size_ladder_folds_sizes_and_the_allow_list_refuses_others() {
     let s3 = s3_with_kite().await;
@@ -369,10 +393,11 @@ async fn the_size_ladder_folds_sizes_and_the_allow_list_refuses_others() {
         "one variant for every width in (200, 400]"
     );
     assert_eq!(common::dims(&r.bytes().await.unwrap()).0, 400);
+    // Two sides: the longer to a step, the ratio to 1/8 octave (3:2 → 200x130).
     let r = ladder.get(&format!("/image/{ID}?size=150x100")).await;
     assert_eq!(
         common::dims(&r.bytes().await.unwrap()),
-        (200, 133, image::ImageFormat::Jpeg)
+        (200, 130, image::ImageFormat::Jpeg)
     );
     assert_eq!(ladder.transforms().await, 2.0);
 
@@ -510,9 +535,19 @@ async fn slow_and_oversized_requests_are_cut_off() {
     for mut s in idle {
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         let mut buf = [0u8; 16];
+        // Closed: end of stream or a reset. A read that times out means it was left open
+        // (this once passed as `Err(_)`).
+        let read = s.read(&mut buf);
         assert!(
-            matches!(s.read(&mut buf), Ok(0) | Err(_)),
-            "idle connection left open"
+            match &read {
+                Ok(0) => true,
+                Ok(_) => false,
+                Err(e) => !matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ),
+            },
+            "idle connection left open: {read:?}"
         );
     }
     assert!(
@@ -540,4 +575,29 @@ async fn slow_and_oversized_requests_are_cut_off() {
         .unwrap();
     assert_eq!(r.status(), 431);
     assert!(r.text().await.unwrap().contains("too large"));
+}
+
+/// Issue 13 item 2: with a size policy on, `q`, `bg` and re-encodes without `size` are bounded
+/// too (one object for any `q`, only allowed colours, no full-size re-encode).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_size_policy_bounds_quality_background_and_full_size_reencodes() {
+    let s3 = s3_with_kite().await;
+    let node = Imgedge::start(&s3, "policy:\n  size_ladder: [64, 128, 256, 512]\n").await;
+    // The 2560 px original re-encoded as PNG comes at the top step.
+    let r = node.get(&format!("/image/{ID}?format=png")).await;
+    assert_eq!(r.status(), 200);
+    let (w, h, _) = common::dims(&r.bytes().await.unwrap());
+    assert!(w <= 512 && h <= 512, "{w}x{h}");
+    // Any q is one object.
+    let r = node.get(&format!("/image/{ID}?size=100x&q=37")).await;
+    assert_eq!(r.status(), 200);
+    r.bytes().await.unwrap();
+    let r = node.get(&format!("/image/{ID}?size=100x&q=93")).await;
+    assert_eq!(r.headers()["x-cache"], "HIT", "q made a second object");
+    // Only the configured padding colours.
+    let r = node
+        .get(&format!("/image/{ID}?size=100x100&fit=contain&bg=123456"))
+        .await;
+    assert_eq!(r.status(), 400);
+    assert_eq!(node.transforms().await, 2.0);
 }

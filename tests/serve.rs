@@ -480,6 +480,34 @@ async fn origin_failures_map_to_502_and_504() {
     assert!(t.elapsed() < Duration::from_secs(6));
 }
 
+/// Issue 13 item 7: behind a role without `s3:ListBucket`, S3 answers a missing key with 403
+/// AccessDenied. That is a 404, negatively cached, so a flood of requests for a missing id
+/// reaches S3 once per `negative_ttl`; configurable back to an uncached 502.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_denied_is_a_cached_404_unless_configured_otherwise() {
+    let s3 = S3Server::start().await;
+    let gone = "de41edmissing.jpg";
+    s3.set_denied(gone, true);
+    let node = Imgedge::start(&s3, "").await;
+    for _ in 0..5 {
+        let r = node.get(&format!("/image/{gone}?size=10x")).await;
+        assert_eq!(r.status(), 404);
+    }
+    assert_eq!(s3.gets(gone), 1, "one GetObject; the 404 is cached");
+
+    let strict = Imgedge::start_with(
+        &(s3_config(&s3, SECRET_KEY) + "    access_denied_is_not_found: false\n"),
+        "",
+    )
+    .await;
+    let before = s3.gets(gone);
+    for _ in 0..2 {
+        let r = strict.get(&format!("/image/{gone}?size=11x")).await;
+        assert_eq!(r.status(), 502);
+    }
+    assert!(s3.gets(gone) >= before + 2, "a 502 is not cached");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_credentials_are_refused_by_s3_and_answered_502() {
     let s3 = S3Server::start().await;
@@ -496,17 +524,17 @@ async fn wrong_credentials_are_refused_by_s3_and_answered_502() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn full_pool_answers_503_with_retry_after() {
+async fn too_many_fetches_answer_503_with_retry_after() {
     let s3 = S3Server::start().await;
     for i in 0..4 {
         s3.put(&format!("5103slow{i}.jpg"), &read("kite.jpg"));
     }
     s3.set_delay(Duration::from_millis(1500));
-    let node = Imgedge::start(
-        &s3,
-        "transform:\n  workers: 1\n  queue: 1\n  retry_after: 2s\n",
-    )
-    .await;
+    let origin = s3_config(&s3, SECRET_KEY).replace(
+        "  fetch_timeout: 3s\n",
+        "  fetch_timeout: 3s\n  max_fetches: 2\n",
+    );
+    let node = Imgedge::start_with(&origin, "transform:\n  retry_after: 2s\n").await;
     let rs = join_all((0..4).map(|i| {
         let req = node
             .client
@@ -516,11 +544,51 @@ async fn full_pool_answers_503_with_retry_after() {
     .await;
     let busy: Vec<_> = rs.iter().filter(|r| r.status() == 503).collect();
     let ok = rs.iter().filter(|r| r.status() == 200).count();
-    assert_eq!((ok, busy.len()), (2, 2), "two slots, four misses");
+    assert_eq!(
+        (ok, busy.len()),
+        (2, 2),
+        "two fetches at a time, four misses"
+    );
     assert!(busy.iter().all(|r| header(r, "retry-after") == "2"));
     assert_eq!(
-        node.metric("imgedge_resize_pool_rejected_total", &[]).await,
+        node.metric("imgedge_source_fetches_rejected_total", &[])
+            .await,
         2.0
+    );
+}
+
+/// Issue 13 item 9: a pool slot was taken before the fetch, so slow fetches filled the pool
+/// and a miss whose original would have come at once was answered 503 while the one resize
+/// thread idled. Now a slot is taken only once the original is here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_source_does_not_fill_the_resize_pool() {
+    let s3 = S3Server::start().await;
+    s3.put("5109slow0.jpg", &read("kite.jpg"));
+    s3.put("5109slow1.jpg", &read("kite.jpg"));
+    s3.put(KITE, &read("kite.jpg"));
+    s3.set_delay(Duration::from_millis(1200));
+    let node = Imgedge::start(&s3, "transform:\n  workers: 1\n  queue: 1\n").await;
+    let slow: Vec<_> = (0..2)
+        .map(|i| {
+            let req = node
+                .client
+                .get(node.url(&format!("/image/5109slow{i}.jpg?size=10x")));
+            tokio::spawn(async move { req.send().await.unwrap().status() })
+        })
+        .collect();
+    eventually("both slow fetches to reach S3", || async {
+        s3.gets("5109slow0.jpg") == 1 && s3.gets("5109slow1.jpg") == 1
+    })
+    .await;
+    // Two misses wait on S3, as many as the pool has slots; the thread is idle.
+    let r = node.get(&format!("/image/{KITE}?size=10x")).await;
+    assert_eq!(r.status(), 200, "a fast miss was refused while S3 was slow");
+    for s in slow {
+        assert_eq!(s.await.unwrap(), 200);
+    }
+    assert_eq!(
+        node.metric("imgedge_resize_pool_rejected_total", &[]).await,
+        0.0
     );
 }
 

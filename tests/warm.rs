@@ -24,7 +24,7 @@ async fn node() -> (S3Server, Imgedge) {
 /// Run `imgedge warm ARGS` with `stdin` as its input, off the test's runtime.
 async fn warm(args: Vec<String>, stdin: Option<String>) -> (i32, String, String) {
     tokio::task::spawn_blocking(move || {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_imgedge"))
+        let mut child = Command::new(bin())
             .arg("warm")
             .args(&args)
             .env("IMGEDGE_LOG", "warn")
@@ -197,7 +197,7 @@ async fn follow_tails_a_growing_log_and_ctrl_c_prints_the_report() {
     let (_s3, node) = node().await;
     let log = node.dir.path().join("live.log");
     std::fs::write(&log, format!("/image/{KITE}?size=201x\n")).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_imgedge"))
+    let child = Command::new(bin())
         .arg("warm")
         .args(args(&node, &["--follow", log.to_str().unwrap()]))
         .env("IMGEDGE_LOG", "warn")
@@ -262,4 +262,59 @@ async fn bad_options_are_refused_naming_the_option() {
     .await;
     assert_eq!(code, 2);
     assert!(err.contains("/nonexistent.log"), "{err}");
+}
+
+/// Issue 13 item 3: the shipped binary's `warm` speaks HTTPS. The binary the tests run is built
+/// with the same reqwest features as a release (reqwest is not a dev-dependency:
+/// `tests/deps.rs` checks the two feature sets agree), so this proves the release build's TLS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warm_reaches_an_https_target_trusting_the_given_ca() {
+    let s3 = S3Server::start().await;
+    s3.put(KITE, &read("kite.jpg"));
+    let certs = dev_certs();
+    let d = certs.path().display();
+    let port = free_port();
+    let node = Imgedge::start(
+        &s3,
+        &format!(
+            "edge:\n  tls:\n    listen: [\"127.0.0.1:{port}\"]\n    certificates:\n      - cert: {d}/dev.pem\n        key: {d}/dev.key\n"
+        ),
+    )
+    .await;
+    let target = format!("https://127.0.0.1:{port}");
+    let ca = certs.path().join("dev-ca.pem");
+    let line = format!("/image/{KITE}?size=111x\n");
+    let https = |extra: &[&str]| {
+        let mut a: Vec<String> = vec![
+            "--target".into(),
+            target.clone(),
+            "--rate".into(),
+            "0".into(),
+        ];
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a.push("-".into());
+        a
+    };
+
+    // Without --ca the dev CA is not trusted: the handshake fails, counted as an error.
+    let (code, out, err) = warm(https(&[]), Some(line.clone())).await;
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("errors:             1"), "{out}");
+    assert_eq!(node.origin_requests().await, 0.0);
+
+    // With it, the variant is warmed over TLS and is a hit afterwards.
+    let (code, out, err) = warm(https(&["--ca", ca.to_str().unwrap()]), Some(line.clone())).await;
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("hits: 0, misses: 1"), "{out}");
+    assert!(out.contains("errors:             0"), "{out}");
+    assert_eq!(node.origin_requests().await, 1.0);
+    assert_eq!(
+        x_cache(&node.get(&format!("/image/{KITE}?size=111x")).await),
+        "HIT"
+    );
+
+    // An unreadable CA file is a usage error naming the file.
+    let (code, _, err) = warm(https(&["--ca", "/nonexistent/ca.pem"]), Some(line)).await;
+    assert_eq!(code, 2);
+    assert!(err.contains("/nonexistent/ca.pem"), "{err}");
 }

@@ -20,7 +20,7 @@ use pingora_cache::CacheKey;
 use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
 
-use crate::config::CacheConfig;
+use crate::config::Config;
 use crate::error::Error;
 use crate::variant::Variant;
 use disk::DiskTier;
@@ -45,8 +45,10 @@ pub struct Cache {
 
 impl Cache {
     /// Build (and leak) the cache for the process: open the disk tier and load its index.
-    pub fn from_config(c: &CacheConfig) -> Result<Cache, Error> {
+    pub fn from_config(cfg: &Config) -> Result<Cache, Error> {
+        let c = &cfg.cache;
         let d = &c.disk;
+        let horizon = cfg.longest_keep();
         let startup = |e: std::io::Error| {
             Error::Internal(format!("cache.disk.dir: {}: {e}", d.dir.display()))
         };
@@ -62,9 +64,12 @@ impl Cache {
                 report.temps_removed,
                 report.elapsed
             );
-            (Some(tier), PurgeLog::open(&d.dir).map_err(startup)?)
+            (
+                Some(tier),
+                PurgeLog::open(&d.dir, horizon).map_err(startup)?,
+            )
         } else {
-            (None, PurgeLog::in_memory())
+            (None, PurgeLog::in_memory(horizon))
         };
         let storage: &'static EdgeStorage = Box::leak(Box::new(EdgeStorage::new(
             c.memory_bytes.as_u64(),

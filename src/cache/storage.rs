@@ -248,6 +248,17 @@ impl HandleHit for Hit {
     }
 }
 
+/// The body as `Bytes` holding exactly its length: the tiers charge `len`, so a buffer grown
+/// by doubling would keep up to twice what `cache.memory_bytes` allows (issue 13). Exact
+/// already when the origin's Content-Length sized it; else copied once.
+fn exact(body: BytesMut) -> Bytes {
+    if body.capacity() == body.len() {
+        body.freeze()
+    } else {
+        Bytes::copy_from_slice(&body)
+    }
+}
+
 /// Buffers one fill; publishes it only on `finish`.
 struct Fill {
     storage: &'static EdgeStorage,
@@ -273,7 +284,7 @@ impl HandleMiss for Fill {
         let obj = Arc::new(CachedObject {
             key: self.key,
             meta: self.meta,
-            body: self.body.freeze(),
+            body: exact(self.body),
         });
         let size = obj.size() as usize;
         // Admitted or handed off, the object is readable by the requests waiting on this fill
@@ -337,11 +348,18 @@ impl Storage for EdgeStorage {
         meta: &CacheMeta,
         _trace: &SpanHandle,
     ) -> Result<MissHandler> {
+        // The origin always sends Content-Length: the buffer is allocated once, exactly.
+        let declared = meta
+            .headers()
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+            .filter(|&n| n <= self.max_object)
+            .unwrap_or(0);
         Ok(Box::new(Fill {
             storage: self,
             key: key.combined_bin(),
             meta: meta.serialize()?,
-            body: BytesMut::new(),
+            body: BytesMut::with_capacity(declared as usize),
         }))
     }
 

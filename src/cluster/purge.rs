@@ -100,7 +100,7 @@ impl PurgeOrder {
                     .await,
             ),
             PurgeOrder::Id(v) => {
-                cache.purges.purge(&v.id)?;
+                cache.purges.purge_async(v.id.clone()).await?;
                 None
             }
         };

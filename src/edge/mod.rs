@@ -57,6 +57,8 @@ pub struct EdgeCtx {
     started_at: SystemTime,
     timings: Timings,
     fill: FillState,
+    /// When this request went to the origin (a fill began), for the purge check on its answer.
+    fill_started: Option<SystemTime>,
 }
 
 /// How the edge treats clients (from `edge.*`).
@@ -275,6 +277,7 @@ impl ProxyHttp for Edge {
             started_at: SystemTime::now(),
             timings: Timings::default(),
             fill: FillState::default(),
+            fill_started: None,
         }
     }
 
@@ -376,8 +379,22 @@ impl ProxyHttp for Edge {
         &self,
         _session: &Session,
         resp: &ResponseHeader,
-        _ctx: &mut EdgeCtx,
+        ctx: &mut EdgeCtx,
     ) -> Result<RespCacheable> {
+        // A fill that began before a purge of its id must not be served after it: its object
+        // would be created after the purge and pass the hit filter's check. The client that
+        // asked still gets the answer; coalesced waiters go to the origin again, one fill at a
+        // time (Deferred releases the lock as a transient failure; a Custom reason would let
+        // them all through at once).
+        let purged_meanwhile = ctx
+            .variant
+            .as_ref()
+            .zip(ctx.fill_started)
+            .is_some_and(|(v, started)| self.cache.purges.is_purged(&v.id, started));
+        if purged_meanwhile {
+            tracing::debug!("a fill started before a purge of its id: not cached");
+            return Ok(RespCacheable::Uncacheable(NoCacheReason::Deferred));
+        }
         // 200s for their TTL; 404/422 for the short negative TTL the origin sets, so a flood of
         // missing or broken ids does not hammer S3 or the pool. Transient failures never.
         match resp.status.as_u16() {
@@ -447,6 +464,7 @@ impl ProxyHttp for Edge {
                 return Ok(peer);
             }
         }
+        ctx.fill_started = Some(SystemTime::now());
         let mut peer = HttpPeer::new_uds(&self.origin_socket, false, String::new())?;
         peer.options.connection_timeout = Some(Duration::from_secs(1));
         peer.options.read_timeout = Some(self.origin_read_timeout);

@@ -35,6 +35,9 @@ pub struct Rendered {
     pub body: Vec<u8>,
     /// `Content-Type`.
     pub mime: &'static str,
+    /// The body's strong `ETag`, computed on the resize thread (hashing the whole body is CPU
+    /// work; the origin's async threads only move bytes).
+    pub etag: String,
 }
 
 /// Where a miss spent its time; sent to the edge as `Server-Timing` (`fetch`, `resize`).
@@ -83,6 +86,9 @@ pub struct Origin {
     source: Arc<dyn Source>,
     template: KeyTemplate,
     pool: ResizePool,
+    /// Fetches in flight, bounded apart from the pool (`origin.max_fetches`).
+    fetches: Arc<tokio::sync::Semaphore>,
+    retry_after: Duration,
     parse: ParseOptions,
     settings: TransformSettings,
     max_source_bytes: u64,
@@ -113,6 +119,8 @@ impl Origin {
                 cfg.transform.queue,
                 cfg.transform.retry_after,
             ),
+            fetches: Arc::new(tokio::sync::Semaphore::new(cfg.origin.max_fetches)),
+            retry_after: cfg.transform.retry_after,
             parse: cfg.parse_options(),
             settings: TransformSettings {
                 limits: TransformLimits {
@@ -174,8 +182,18 @@ impl Origin {
         timings: &mut Timings,
     ) -> Result<Rendered> {
         let variant = Variant::parse(path, query, &self.parse)?;
-        let slot = self.pool.admit()?;
+        // A fetch waits on the source, not on a CPU: it takes a fetch permit, and a pool slot
+        // only once its original is here, so a slow source cannot fill the pool (and answer
+        // 503) while the resize threads idle.
+        let permit = self.fetches.clone().try_acquire_owned().map_err(|_| {
+            metrics().fetches_rejected.inc();
+            Error::Busy {
+                retry_after: self.retry_after,
+            }
+        })?;
         let original = self.fetch(&variant.id, timings).await?;
+        let slot = self.pool.admit()?;
+        drop(permit);
         let settings = self.settings;
         match variant.transform {
             None => {
@@ -184,14 +202,15 @@ impl Origin {
                 // or a polyglot (image + trailing ZIP/HTML) through under an image URL.
                 // Anything with trailing bytes, or a format without a defined end (TIFF), is
                 // re-encoded at its own size instead.
-                let (mime, body) = self
+                let (mime, body, etag) = self
                     .pool
                     .run(&slot, move || {
                         let format = transform::require_image(&original)?;
                         transform::decode::validate(&original, format, &settings.limits)?;
                         let end = transform::container::image_end(&original, format);
                         if end == Some(original.len()) {
-                            return Ok((format.mime(), Vec::from(original)));
+                            let tag = etag(&original);
+                            return Ok((format.mime(), Vec::from(original), tag));
                         }
                         tracing::debug!(?end, len = original.len(), "re-encoding an original");
                         let t = variant::Transform {
@@ -200,22 +219,25 @@ impl Origin {
                             quality: Some(settings.default_quality),
                         };
                         let out = transform::transform(&original, &t, &settings)?;
-                        Ok((out.format.mime(), out.bytes))
+                        let tag = etag(&out.bytes);
+                        Ok((out.format.mime(), out.bytes, tag))
                     })
                     .await?;
                 Ok(Rendered {
                     // Reuses the fetched buffer when nothing else holds it (no copy).
                     body,
                     mime,
+                    etag,
                 })
             }
             Some(t) => {
-                let (out, took) = self
+                let (out, etag, took) = self
                     .pool
                     .run(&slot, move || {
                         let started = Instant::now();
                         let out = transform::transform(&original, &t, &settings)?;
-                        Ok((out, started.elapsed()))
+                        let tag = etag(&out.bytes);
+                        Ok((out, tag, started.elapsed()))
                     })
                     .await?;
                 timings.resize = Some(took);
@@ -228,6 +250,7 @@ impl Origin {
                 Ok(Rendered {
                     body: out.bytes,
                     mime: out.format.mime(),
+                    etag,
                 })
             }
         }
@@ -248,7 +271,7 @@ impl Origin {
                 .status(StatusCode::OK)
                 .header("content-type", r.mime)
                 .header("content-length", r.body.len())
-                .header("etag", etag(&r.body))
+                .header("etag", r.etag)
                 .header("cache-control", &self.cache_control)
                 .header("x-content-type-options", "nosniff")
                 .body(r.body),

@@ -1,9 +1,10 @@
 //! The resize pool: a fixed set of threads that do all CPU work of a miss, and the admission
 //! control in front of it.
 //!
-//! A miss takes a slot ([`ResizePool::admit`]) before it fetches the original, and keeps it until
-//! its answer is ready, so memory held by misses is bounded by `workers + queue` originals.
-//! With no slot free the answer is 503 with `Retry-After`, rather than an unbounded queue.
+//! A miss takes a slot ([`ResizePool::admit`]) once its original is fetched (fetches in flight
+//! are bounded apart, by `origin.max_fetches`), and keeps it until its answer is ready, so the
+//! pool holds at most `workers + queue` originals and counts only work for its threads. With no
+//! slot free the answer is 503 with `Retry-After`, rather than an unbounded queue.
 //! Threads are spawned on first use, after any daemon fork; a panic inside a job (a decoder
 //! bug on a hostile file) is caught and answered as 422, and the thread lives on.
 

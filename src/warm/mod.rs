@@ -41,6 +41,10 @@ pub struct WarmArgs {
     /// Node to warm: base URL of its edge listener, e.g. http://10.0.0.7:8080.
     #[arg(short, long)]
     pub target: String,
+    /// Trust only the PEM certificates (CA) in this file for an https:// target or admin URL;
+    /// without it, the system's roots.
+    #[arg(long)]
+    pub ca: Option<PathBuf>,
     /// The node's admin URL, to report its hit ratio before and after (e.g. http://10.0.0.7:9091).
     #[arg(long)]
     pub admin: Option<String>,
@@ -139,12 +143,12 @@ fn validate(args: &WarmArgs) -> Result<(), WarmError> {
     let url_ok = |u: &str| u.starts_with("http://") || u.starts_with("https://");
     if !url_ok(&args.target) {
         return Err(WarmError::Usage(
-            "--target: must be an http:// URL of the node's edge listener".into(),
+            "--target: must be an http:// or https:// URL of the node's edge listener".into(),
         ));
     }
     if args.admin.as_deref().is_some_and(|a| !url_ok(a)) {
         return Err(WarmError::Usage(
-            "--admin: must be an http:// URL of the node's admin listener".into(),
+            "--admin: must be an http:// or https:// URL of the node's admin listener".into(),
         ));
     }
     if args.concurrency == 0 {
@@ -164,7 +168,7 @@ fn validate(args: &WarmArgs) -> Result<(), WarmError> {
 async fn warm(args: WarmArgs) -> Result<Report, WarmError> {
     validate(&args)?;
     let started = Instant::now();
-    let http = client::client(args.timeout, args.concurrency)
+    let http = client::client(args.timeout, args.concurrency, args.ca.as_deref())
         .map_err(|e| WarmError::Setup(format!("HTTP client: {e}")))?;
     let before = match &args.admin {
         Some(a) => client::scrape_hit_ratio(&http, a).await,

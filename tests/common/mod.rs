@@ -25,6 +25,14 @@ pub const SECRET_KEY: &str = "imgedge-test-secret";
 /// The seeds' layout, used by every S3 test.
 pub const KEY_TEMPLATE: &str = "{id:0:4}/{id:4:2}/{id}";
 
+/// The `imgedge` binary under test: the one cargo built, or `IMGEDGE_TEST_BIN` when set (to
+/// run a regression test against an older build and watch it fail).
+pub fn bin() -> PathBuf {
+    std::env::var_os("IMGEDGE_TEST_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_imgedge")))
+}
+
 /// Path of a file in `tests/data` or `conf/samples`.
 pub fn data(name: &str) -> PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -45,6 +53,7 @@ struct Counters {
     gets: Mutex<HashMap<String, u64>>,
     delay_ms: AtomicU64,
     failing: Mutex<Vec<String>>,
+    denied: Mutex<Vec<String>>,
 }
 
 struct CountingFs {
@@ -73,6 +82,11 @@ impl S3 for CountingFs {
         let failing = self.counters.failing.lock().unwrap().clone();
         if key.contains("fail") || failing.iter().any(|id| key.ends_with(&format!("/{id}"))) {
             return Err(s3_error!(InternalError, "injected failure"));
+        }
+        let denied = self.counters.denied.lock().unwrap().clone();
+        if denied.iter().any(|id| key.ends_with(&format!("/{id}"))) {
+            // What S3 answers for a missing key to a role without s3:ListBucket.
+            return Err(s3_error!(AccessDenied, "Access Denied"));
         }
         self.inner.get_object(req).await
     }
@@ -168,6 +182,16 @@ impl S3Server {
         }
     }
 
+    /// Make GetObject for `id` answer 403 AccessDenied (as S3 does for a missing key when the
+    /// role lacks `s3:ListBucket`), or stop.
+    pub fn set_denied(&self, id: &str, denied: bool) {
+        let mut d = self.counters.denied.lock().unwrap();
+        d.retain(|x| x != id);
+        if denied {
+            d.push(id.to_string());
+        }
+    }
+
     /// How long keys containing `slow` take to answer.
     pub fn set_delay(&self, d: Duration) {
         self.counters
@@ -182,12 +206,28 @@ impl Drop for S3Server {
     }
 }
 
+/// A port for a child process to listen on. Not one the kernel handed out and took back
+/// (binding port 0 and releasing it races with every outgoing connection of the parallel tests,
+/// which draw from the same ephemeral range): ports come from a per-process sequence below the
+/// ephemeral range (32768..), checked free by a bind. Another process may still take one before
+/// the child binds it; [`Imgedge::start_with`] retries then.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::AtomicU32;
+    const LOW: u32 = 20000;
+    const SPAN: u32 = 12000;
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        (std::process::id().wrapping_mul(7919)) % SPAN,
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+    );
+    loop {
+        let port = (LOW + NEXT.fetch_add(1, Ordering::Relaxed) % SPAN) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// The real binary, running with a generated config.
@@ -233,8 +273,26 @@ impl Imgedge {
         Self::start_with(&s3_config(s3, SECRET_KEY), extra).await
     }
 
-    /// Start with an origin section and extra sections.
+    /// Start with an origin section and extra sections. When the process exits before it is
+    /// ready (a port taken between [`free_port`] and its bind), it is started again on new
+    /// ports, up to three times.
     pub async fn start_with(origin_yaml: &str, extra: &str) -> Imgedge {
+        for attempt in 1.. {
+            match Self::try_start(origin_yaml, extra).await {
+                Ok(node) => return node,
+                Err(status) if attempt < 3 => {
+                    eprintln!("imgedge exited before ready ({status}); retrying on new ports")
+                }
+                Err(status) => panic!("imgedge exited before ready: {status}"),
+            }
+        }
+        unreachable!()
+    }
+
+    async fn try_start(
+        origin_yaml: &str,
+        extra: &str,
+    ) -> Result<Imgedge, std::process::ExitStatus> {
         let dir = tempfile::tempdir().unwrap();
         let (port, admin_port) = (free_port(), free_port());
         let d = dir.path().display();
@@ -247,7 +305,7 @@ impl Imgedge {
         );
         let conf = dir.path().join("imgedge.yaml");
         std::fs::write(&conf, &yaml).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_imgedge"))
+        let child = Command::new(bin())
             .args(["serve", "-c"])
             .arg(&conf)
             .env(
@@ -259,20 +317,23 @@ impl Imgedge {
             .spawn()
             .expect("spawn imgedge");
         let client = http_client();
-        let node = Imgedge {
+        let mut node = Imgedge {
             child,
             base: format!("http://127.0.0.1:{port}"),
             admin: format!("http://127.0.0.1:{admin_port}"),
             dir,
             client,
         };
-        node.wait_ready().await;
-        node
+        node.wait_ready().await?;
+        Ok(node)
     }
 
-    async fn wait_ready(&self) {
+    async fn wait_ready(&mut self) -> Result<(), std::process::ExitStatus> {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Err(status);
+            }
             let admin = self
                 .client
                 .get(format!("{}/healthz", self.admin))
@@ -282,7 +343,11 @@ impl Imgedge {
             let edge =
                 tokio::net::TcpStream::connect(self.base.trim_start_matches("http://")).await;
             if matches!(admin, Ok(ref r) if r.status() == 200) && edge.is_ok() {
-                return;
+                // Answered by this child, not by whoever else holds the port.
+                return match self.child.try_wait() {
+                    Ok(Some(status)) => Err(status),
+                    _ => Ok(()),
+                };
             }
             assert!(Instant::now() < deadline, "imgedge did not become ready");
             tokio::time::sleep(Duration::from_millis(50)).await;

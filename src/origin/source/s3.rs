@@ -13,6 +13,8 @@ use aws_sdk_s3::error::{DisplayErrorContext, SdkError};
 use aws_sdk_s3::operation::get_object::GetObjectError;
 use aws_sdk_s3::Client;
 use bytes::{Bytes, BytesMut};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 use tokio::sync::OnceCell;
 
 use super::{Source, SourceError};
@@ -22,7 +24,13 @@ use crate::config::{ChecksumMode, S3Config};
 pub struct S3Source {
     config: S3Config,
     client: OnceCell<Client>,
+    /// When AccessDenied-as-not-found was last logged (`denied_log` ticks), 0: never.
+    denied_logged: AtomicU64,
+    denied_log: Instant,
 }
+
+/// AccessDenied taken as not found is logged at most this often.
+const DENIED_LOG_EVERY: Duration = Duration::from_secs(60);
 
 impl S3Source {
     /// A source for the configured bucket; no network I/O until the first fetch.
@@ -30,6 +38,42 @@ impl S3Source {
         S3Source {
             config,
             client: OnceCell::new(),
+            denied_logged: AtomicU64::new(0),
+            denied_log: Instant::now(),
+        }
+    }
+
+    /// Whether to log now that AccessDenied was taken as not found: at most once per
+    /// [`DENIED_LOG_EVERY`] (the first time always).
+    fn denied_log_due(&self) -> bool {
+        // Milliseconds since `denied_log`, plus one so that 0 means "never logged".
+        let now = self.denied_log.elapsed().as_millis() as u64 + 1;
+        let last = self.denied_logged.load(Ordering::Relaxed);
+        (last == 0 || now.saturating_sub(last) >= DENIED_LOG_EVERY.as_millis() as u64)
+            && self
+                .denied_logged
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+    }
+
+    fn map_error(&self, key: &str, err: SdkError<GetObjectError>) -> SourceError {
+        match classify(err) {
+            Classified::Denied(_) if self.config.access_denied_is_not_found => {
+                if self.denied_log_due() {
+                    tracing::warn!(
+                        bucket = %self.config.bucket,
+                        key,
+                        "S3 answered 403 AccessDenied; served as not found \
+                         (origin.s3.access_denied_is_not_found). S3 answers AccessDenied for \
+                         missing keys when the role lacks s3:ListBucket on the bucket; if the \
+                         object exists, check the role's s3:GetObject permission. Logged at most \
+                         once a minute."
+                    );
+                }
+                SourceError::NotFound
+            }
+            Classified::Denied(msg) => SourceError::Failed(msg),
+            Classified::Other(e) => e,
         }
     }
 
@@ -45,6 +89,7 @@ async fn build_client(c: &S3Config) -> Client {
         RegionProviderChain::first_try(Region::new(c.region.clone()))
     };
     let mut loader = aws_config::defaults(BehaviorVersion::latest())
+        .http_client(https_client())
         .region(region)
         .timeout_config(
             TimeoutConfig::builder()
@@ -75,23 +120,41 @@ async fn build_client(c: &S3Config) -> Client {
     Client::from_conf(b.build())
 }
 
-fn map_error(err: SdkError<GetObjectError>) -> SourceError {
+/// The SDK's HTTP client on rustls with ring, the provider the edge's TLS uses: the SDK's
+/// default would link a second C crypto library (aws-lc-sys). System roots, as the default.
+fn https_client() -> aws_sdk_s3::config::SharedHttpClient {
+    use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
+    aws_smithy_http_client::Builder::new()
+        .tls_provider(tls::Provider::Rustls(CryptoMode::Ring))
+        .build_https()
+}
+
+/// A GetObject failure: AccessDenied (decided by config) or anything else.
+enum Classified {
+    /// 403 AccessDenied; the message for when it is not taken as not found.
+    Denied(String),
+    Other(SourceError),
+}
+
+fn classify(err: SdkError<GetObjectError>) -> Classified {
     match err {
-        SdkError::TimeoutError(_) => SourceError::Timeout,
-        SdkError::DispatchFailure(d) if d.is_timeout() => SourceError::Timeout,
+        SdkError::TimeoutError(_) => Classified::Other(SourceError::Timeout),
+        SdkError::DispatchFailure(d) if d.is_timeout() => Classified::Other(SourceError::Timeout),
         SdkError::ServiceError(se) => {
             let status = se.raw().status().as_u16();
             let e = se.into_err();
             if e.is_no_such_key() || status == 404 {
-                SourceError::NotFound
+                Classified::Other(SourceError::NotFound)
+            } else if status == 403 && e.meta().code() == Some("AccessDenied") {
+                Classified::Denied(format!("s3 status {status}: {e}"))
             } else {
-                SourceError::Failed(format!("s3 status {status}: {e}"))
+                Classified::Other(SourceError::Failed(format!("s3 status {status}: {e}")))
             }
         }
-        other => SourceError::Failed(format!(
+        other => Classified::Other(SourceError::Failed(format!(
             "s3: {}",
             aws_smithy_types::error::display::DisplayErrorContext(&other)
-        )),
+        ))),
     }
 }
 
@@ -106,7 +169,7 @@ impl Source for S3Source {
             .key(key)
             .send()
             .await
-            .map_err(map_error)?;
+            .map_err(|e| self.map_error(key, e))?;
         let declared = out.content_length().unwrap_or(0).max(0) as u64;
         if declared > max_bytes {
             return Err(SourceError::TooLarge {
@@ -145,5 +208,25 @@ impl Source for S3Source {
             .await
             .map(|_| ())
             .map_err(|e| SourceError::Failed(format!("head bucket: {}", DisplayErrorContext(&e))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn access_denied_is_logged_at_most_once_a_minute() {
+        let s = S3Source::new(S3Config::default());
+        assert!(s.denied_log_due(), "the first time");
+        assert!(!s.denied_log_due(), "again at once");
+        // A minute later (moved back, as if the last log was 61 s ago).
+        s.denied_logged.store(1, Ordering::Relaxed);
+        let s = S3Source {
+            denied_log: Instant::now() - Duration::from_secs(61),
+            ..s
+        };
+        assert!(s.denied_log_due());
+        assert!(!s.denied_log_due());
     }
 }

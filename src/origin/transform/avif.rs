@@ -26,7 +26,7 @@ use libdav1d_sys::{
 };
 use yuv::{YuvGrayImage, YuvPlanarImage, YuvRange, YuvStandardMatrix};
 
-use super::decode::{check_pixels, Pixels};
+use super::pixels::{check_pixels, Pixels};
 use super::{color, TransformLimits};
 use crate::error::{Error, Result};
 

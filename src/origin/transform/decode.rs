@@ -2,7 +2,7 @@
 //! pixel buffer is allocated.
 //!
 //! JPEG goes through libjpeg-turbo ([`super::jpeg`]), decoded at the smallest IDCT scale the
-//! planned output allows; AVIF through rav1d ([`super::avif`]); everything else through the
+//! planned output allows; AVIF through dav1d ([`super::avif`]); everything else through the
 //! `image` crate. Either way the result is
 //! upright (EXIF orientation applied) RGB8/RGBA8 plus the source's ICC profile, which is applied
 //! after the resize.
@@ -13,24 +13,11 @@ use image::metadata::Orientation;
 use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, Limits};
 
 use super::geometry::{self, Plan};
+use super::pixels::{check_pixels, Pixels};
 use super::sniff::SourceFormat;
 use super::{avif, color, container, jpeg, TransformLimits};
 use crate::error::{Error, Result};
 use crate::variant::Resize;
-
-/// Decoded pixels: RGB8, or RGBA8 when the source has alpha. Rows are tightly packed.
-pub struct Pixels {
-    /// Width in pixels.
-    pub width: u32,
-    /// Height in pixels.
-    pub height: u32,
-    /// Whether there are 4 channels (RGBA) rather than 3 (RGB).
-    pub has_alpha: bool,
-    /// The samples.
-    pub data: Vec<u8>,
-    /// The source's ICC profile, not yet applied.
-    pub icc: Option<Vec<u8>>,
-}
 
 /// Decoded pixels and the plan, expressed in those pixels' coordinates (a JPEG decoded at 1/4
 /// scale has its crop scaled by 1/4 too).
@@ -70,21 +57,6 @@ pub fn validate(bytes: &[u8], format: SourceFormat, limits: &TransformLimits) ->
         fit: crate::variant::Fit::Inside,
     };
     decode(bytes, format, limits, Some(tiny)).map(drop)
-}
-
-/// Refuse a declared size with no pixels or over `limits.max_source_pixels`.
-pub(super) fn check_pixels(w: u32, h: u32, limits: &TransformLimits) -> Result<()> {
-    if w == 0 || h == 0 {
-        return Err(Error::unprocessable("image has no pixels"));
-    }
-    let pixels = u64::from(w) * u64::from(h);
-    if pixels > limits.max_source_pixels {
-        return Err(Error::unprocessable(format!(
-            "{w}x{h} is over the {}-pixel limit",
-            limits.max_source_pixels
-        )));
-    }
-    Ok(())
 }
 
 fn open<'a>(

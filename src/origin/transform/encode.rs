@@ -7,8 +7,8 @@ use std::mem::MaybeUninit;
 use image::codecs::png::{CompressionType, FilterType, PngEncoder};
 use image::{ExtendedColorType, ImageEncoder};
 
-use super::decode::Pixels;
 use super::jpeg;
+use super::pixels::Pixels;
 use crate::error::{Error, Result};
 use crate::variant::OutputFormat;
 

@@ -10,6 +10,7 @@ pub mod decode;
 pub mod encode;
 pub mod geometry;
 pub mod jpeg;
+pub mod pixels;
 pub mod reduce;
 pub mod resize;
 pub mod sniff;

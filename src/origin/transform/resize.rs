@@ -9,8 +9,8 @@
 use fast_image_resize::images::Image;
 use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
 
-use super::decode::Pixels;
 use super::geometry::{Canvas, Plan};
+use super::pixels::Pixels;
 use crate::error::{Error, Result};
 
 thread_local! {
