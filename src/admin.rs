@@ -25,6 +25,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::cache::Cache;
 use crate::cluster::purge::PurgeOrder;
+use crate::cluster::records::PurgeRecords;
 use crate::config::Config;
 use crate::variant::ParseOptions;
 
@@ -36,6 +37,7 @@ pub struct AdminApp {
     parse: ParseOptions,
     purge_token: String,
     cluster: Option<std::sync::Arc<crate::cluster::Cluster>>,
+    records: Option<&'static PurgeRecords>,
 }
 
 fn text(status: StatusCode, content_type: &str, body: String) -> Response<Vec<u8>> {
@@ -67,6 +69,7 @@ impl AdminApp {
             parse: cfg.parse_options(),
             purge_token: cfg.admin.purge_token.expose().to_string(),
             cluster: None,
+            records: None,
         }
     }
 
@@ -77,6 +80,28 @@ impl AdminApp {
     ) -> Self {
         self.cluster = cluster;
         self
+    }
+
+    /// Purges taken here are also written as durable records (`cluster.purge_records`).
+    pub fn with_records(mut self, records: Option<&'static PurgeRecords>) -> Self {
+        self.records = records;
+        self
+    }
+
+    /// Write the durable record of `order` first, so that a node missing the fan-out learns
+    /// of it; `,"recorded":true|false` for the answer (nothing when records are off).
+    async fn record(&self, order: &PurgeOrder) -> String {
+        let Some(records) = self.records else {
+            return String::new();
+        };
+        let recorded = match records.write(order, std::time::SystemTime::now()).await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::error!("purge {}: record not written: {e}", order.path());
+                false
+            }
+        };
+        format!(",\"recorded\":{recorded}")
     }
 
     /// `None` when the request carries the purge token, else the refusal to send.
@@ -155,6 +180,7 @@ impl AdminApp {
             PurgeOrder::Id(v) => v.id.clone(),
         });
         let scope = order.scope();
+        let recorded = self.record(&order).await;
         if let Some(cluster) = &self.cluster {
             let nodes = crate::cluster::purge::fan_out(cluster, &self.cache, &order).await;
             let all = nodes.iter().all(|n| n.result.is_ok());
@@ -174,7 +200,7 @@ impl AdminApp {
                 })
                 .collect();
             let body = format!(
-                "{{\"purged\":\"{target}\",\"scope\":\"{scope}\",\"all_confirmed\":{all},\"nodes\":[{}]}}\n",
+                "{{\"purged\":\"{target}\",\"scope\":\"{scope}\",\"all_confirmed\":{all}{recorded},\"nodes\":[{}]}}\n",
                 list.join(",")
             );
             return text(StatusCode::OK, "application/json", body);
@@ -183,12 +209,12 @@ impl AdminApp {
             Ok(Some(found)) => text(
                 StatusCode::OK,
                 "application/json",
-                format!("{{\"purged\":\"{target}\",\"scope\":\"{scope}\",\"found\":{found}}}\n"),
+                format!("{{\"purged\":\"{target}\",\"scope\":\"{scope}\",\"found\":{found}{recorded}}}\n"),
             ),
             Ok(None) => text(
                 StatusCode::OK,
                 "application/json",
-                format!("{{\"purged\":\"{target}\",\"scope\":\"{scope}\"}}\n"),
+                format!("{{\"purged\":\"{target}\",\"scope\":\"{scope}\"{recorded}}}\n"),
             ),
             Err(e) => {
                 tracing::error!("purge log write failed: {e}");

@@ -309,6 +309,13 @@ pub struct OriginConfig {
     /// it a miss is answered 503. Separate from the resize pool, so a slow source cannot fill
     /// the pool while its threads idle.
     pub max_fetches: usize,
+    /// Bytes of recently fetched originals kept in memory by id, so new sizes of one image cost
+    /// one source GET (in a cluster: one per POP, at the id's owner); 0 disables it.
+    pub source_cache_bytes: ByteSize,
+    /// Longest an original stays in the source cache (an original replaced at the source
+    /// without a purge is picked up after this).
+    #[serde(with = "humantime_serde")]
+    pub source_cache_ttl: Duration,
     /// `Cache-Control` sent with successful images (browsers and the edge's own TTL).
     pub cache_control: String,
     /// How long a 404 (missing original) or 422 (bad original) is cached.
@@ -327,6 +334,8 @@ impl Default for OriginConfig {
             s3: S3Config::default(),
             fetch_timeout: Duration::from_secs(10),
             max_fetches: 32,
+            source_cache_bytes: ByteSize::mib(256),
+            source_cache_ttl: Duration::from_secs(3600),
             cache_control: "public, max-age=31536000, immutable".into(),
             negative_ttl: Duration::from_secs(60),
         }
@@ -654,6 +663,37 @@ pub struct ClusterConfig {
     /// Longest a purge fan-out waits for one peer's confirmation.
     #[serde(with = "humantime_serde")]
     pub purge_timeout: Duration,
+    /// Durable purge records in S3, read by every node at start and periodically (see
+    /// [`crate::cluster::records`]); off while `bucket` is empty.
+    pub purge_records: PurgeRecordsConfig,
+}
+
+/// `cluster.purge_records`: where purges are recorded for nodes that missed the fan-out.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PurgeRecordsConfig {
+    /// Bucket of the records (reached with `origin.s3`'s region, endpoint and credentials);
+    /// empty: no records.
+    pub bucket: String,
+    /// Key prefix of the records.
+    pub prefix: String,
+    /// How often every node reads new records.
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+    /// At start, the listeners wait this long at most for the first read.
+    #[serde(with = "humantime_serde")]
+    pub startup_wait: Duration,
+}
+
+impl Default for PurgeRecordsConfig {
+    fn default() -> Self {
+        PurgeRecordsConfig {
+            bucket: String::new(),
+            prefix: "imgedge/purges/".into(),
+            poll_interval: Duration::from_secs(10),
+            startup_wait: Duration::from_secs(10),
+        }
+    }
 }
 
 impl Default for ClusterConfig {
@@ -666,6 +706,7 @@ impl Default for ClusterConfig {
             connect_timeout: Duration::from_millis(500),
             health_check_interval: Duration::from_secs(1),
             purge_timeout: Duration::from_secs(5),
+            purge_records: PurgeRecordsConfig::default(),
         }
     }
 }
@@ -681,7 +722,28 @@ impl ClusterConfig {
         self.self_addr.or(self.listen)
     }
 
-    fn validate(&self, taken: &[SocketAddr]) -> Result<(), ConfigError> {
+    fn validate(&self, taken: &[SocketAddr], source: SourceKind) -> Result<(), ConfigError> {
+        let r = &self.purge_records;
+        if !r.bucket.is_empty() {
+            if source != SourceKind::S3 {
+                return Err(invalid(
+                    "cluster.purge_records.bucket",
+                    "needs origin.source: s3 (the records are reached with origin.s3's endpoint and credentials)",
+                ));
+            }
+            if r.prefix.is_empty() || r.prefix.starts_with('/') {
+                return Err(invalid(
+                    "cluster.purge_records.prefix",
+                    "must be a non-empty key prefix not starting with '/' (e.g. imgedge/purges/)",
+                ));
+            }
+            if r.poll_interval.is_zero() {
+                return Err(invalid(
+                    "cluster.purge_records.poll_interval",
+                    "must be positive",
+                ));
+            }
+        }
         let Some(listen) = self.listen else {
             if !self.peers.is_empty() || self.self_addr.is_some() || !self.secret.is_empty() {
                 return Err(invalid(
@@ -862,6 +924,12 @@ impl Config {
         if self.origin.max_fetches == 0 {
             return Err(invalid("origin.max_fetches", "must be at least 1"));
         }
+        if self.origin.source_cache_bytes.as_u64() > 0 && self.origin.source_cache_ttl.is_zero() {
+            return Err(invalid(
+                "origin.source_cache_ttl",
+                "must be positive when origin.source_cache_bytes is (set the bytes to 0 to disable)",
+            ));
+        }
         if self.origin.fetch_timeout.is_zero() {
             return Err(invalid("origin.fetch_timeout", "must be positive"));
         }
@@ -931,7 +999,7 @@ impl Config {
         let mut taken: Vec<SocketAddr> = self.edge.listen.clone();
         taken.extend(&self.edge.tls.listen);
         taken.push(self.admin.listen);
-        self.cluster.validate(&taken)?;
+        self.cluster.validate(&taken, self.origin.source)?;
         // A waiter that gives up before the worst miss finishes turns coalescing into a stampede.
         let worst_miss = self.origin.fetch_timeout;
         for (key, t) in [

@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 /// Why a request did not produce an image.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
     /// The request URL does not follow the URL contract (bad id, bad or repeated parameter).
     #[error("bad request: {0}")]

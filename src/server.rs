@@ -22,6 +22,7 @@ use pingora_core::services::listening::Service;
 
 use crate::admin::AdminApp;
 use crate::cache::{Cache, StateSaver};
+use crate::cluster::records::{PurgeRecords, RecordsReader};
 use crate::config::Config;
 use crate::edge::access_log::AccessLog;
 use crate::edge::client_limits::ClientLimits;
@@ -82,7 +83,8 @@ pub fn build(cfg: &Config, run: RunOptions) -> Result<Server, Error> {
     let mut server = Server::new_with_opt_and_conf(opt, server_conf(cfg, run));
     let bootstrap = server.bootstrap_as_a_service();
 
-    let origin = Arc::new(Origin::from_config(cfg)?);
+    let cache = Cache::from_config(cfg)?;
+    let origin = Arc::new(Origin::from_config(cfg)?.with_purges(cache.purges));
     let mut origin_svc = Service::new("origin".to_string(), OriginApp(origin));
     origin_svc.add_uds(
         &cfg.origin.socket.to_string_lossy(),
@@ -90,11 +92,12 @@ pub fn build(cfg: &Config, run: RunOptions) -> Result<Server, Error> {
     );
     origin_svc.threads = Some(cfg.origin.threads);
 
-    let cache = Cache::from_config(cfg)?;
     let (mirror, mirror_svc) = crate::mirror::from_config(&cfg.mirror, &cfg.signing_keys()).unzip();
     let draining = Draining::default();
     let cluster = crate::cluster::Cluster::from_config(&cfg.cluster)?;
     let (cluster, cluster_health) = cluster.unzip();
+    let records: Option<&'static PurgeRecords> =
+        PurgeRecords::from_config(cfg, cache).map(|r| &*Box::leak(Box::new(r)));
     let mut proxy = pingora_proxy::http_proxy(
         &server.configuration,
         Edge::new(cfg, cache, access_log, draining.clone())
@@ -130,16 +133,17 @@ pub fn build(cfg: &Config, run: RunOptions) -> Result<Server, Error> {
 
     let mut admin = Service::new(
         "admin".to_string(),
-        AdminApp::new(cfg, cache, draining.clone()).with_cluster(cluster.clone()),
+        AdminApp::new(cfg, cache, draining.clone())
+            .with_cluster(cluster.clone())
+            .with_records(records),
     );
     admin.add_tcp(&cfg.admin.listen.to_string());
     admin.threads = Some(1);
 
-    let mut handles = vec![
-        server.add_service(origin_svc),
-        server.add_service(edge),
-        server.add_service(admin),
-    ];
+    let mut handles = vec![server.add_service(origin_svc), server.add_service(admin)];
+    // The listeners that serve objects: they open only once the purge records were read (or
+    // `startup_wait` passed), so a node back from a partition never serves what was purged.
+    let mut serving = vec![server.add_service(edge)];
     if let (Some(listen), Some(_)) = (cfg.cluster.listen, &cluster) {
         // The peer listener: the same cache, requests from other nodes only, filled locally.
         let mut peer_proxy = pingora_proxy::http_proxy(
@@ -153,8 +157,15 @@ pub fn build(cfg: &Config, run: RunOptions) -> Result<Server, Error> {
         );
         peers.add_tcp(&listen.to_string());
         peers.threads = Some(cfg.server.threads);
-        handles.push(server.add_service(peers));
+        serving.push(server.add_service(peers));
     }
+    if let Some(r) = records {
+        let read = server.add_service(background_service("purge records", RecordsReader(r)));
+        for handle in &serving {
+            handle.add_dependency(&read);
+        }
+    }
+    handles.extend(serving);
     for handle in handles {
         handle.add_dependency(&bootstrap);
     }

@@ -187,6 +187,19 @@ async fn one_variant_costs_one_get_and_one_resize_in_the_whole_pop() {
             .await;
         assert!(asked >= 1.0, "node {i} filled ASTRO from its owner");
     }
+
+    // Ten new sizes of one image through every node: the owner makes them all from the
+    // original its source cache kept, so the POP still has fetched it once.
+    let made = pop.transforms().await;
+    for w in 0..10u32 {
+        let r = pop.nodes[(w % 3) as usize]
+            .get(&format!("/image/{KITE}?size={}x", 40 + 10 * w))
+            .await;
+        assert_eq!(r.status(), 200);
+        assert_eq!(dims(&r.bytes().await.unwrap()).0, 40 + 10 * w);
+    }
+    assert_eq!(pop.transforms().await, made + 10.0);
+    assert_eq!(s3.gets(KITE), 1, "ten sizes, one S3 GET in the POP");
 }
 
 /// Small PNG originals under many ids, so the ring spreads them over every node.
@@ -451,4 +464,93 @@ async fn a_purge_through_one_node_reaches_every_node() {
     for i in order {
         assert_ne!(x_cache(&pop.nodes[i].get(&url).await), "HIT", "node {i}");
     }
+}
+
+/// A node down while a purge was fanned out learns of it from the durable record in S3 before
+/// it serves again (same disk cache); a node of another POP (not in the ring) learns of it by
+/// polling the records.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_down_during_a_purge_does_not_serve_it_when_back() {
+    let s3 = s3_with_samples().await;
+    let records = format!(
+        "  purge_records:\n    bucket: {BUCKET}\n    prefix: imgedge/purges/\n    poll_interval: 200ms\n"
+    );
+    let peers: Vec<String> = (0..2)
+        .map(|_| format!("127.0.0.1:{}", free_port()))
+        .collect();
+    let disks: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let config = |i: usize| {
+        let disk = format!(
+            "admin:\n  purge_token: {TOKEN}\ncache:\n  disk:\n    dir: {}\n    max_bytes: 64 MiB\n",
+            disks[i].path().display()
+        );
+        if i < 2 {
+            format!(
+                "{disk}cluster:\n  listen: {}\n  peers: [{}]\n  secret: {SECRET}\n  health_check_interval: 100ms\n  connect_timeout: 300ms\n{records}",
+                peers[i],
+                peers.join(", ")
+            )
+        } else {
+            // Another POP: no peers, the same records.
+            format!("{disk}cluster:\n{records}")
+        }
+    };
+    let a = Imgedge::start(&s3, &config(0)).await;
+    let mut b = Imgedge::start(&s3, &config(1)).await;
+    let other_pop = Imgedge::start(&s3, &config(2)).await;
+    let url = format!("/image/{KITE}?size=200x");
+    for n in [&a, &b, &other_pop] {
+        let r = n.get(&url).await;
+        assert_eq!(r.status(), 200);
+        assert_eq!(dims(&r.bytes().await.unwrap()).1, 125);
+        n.wait_metric("imgedge_cache_objects", &[("tier", "disk")], 1.0)
+            .await;
+        assert_eq!(x_cache(&n.get(&url).await), "HIT");
+    }
+
+    // B goes down; the image changes; the purge reaches A only (and the records).
+    b.terminate();
+    s3.put(KITE, &read("astronaut.png"));
+    let r = a
+        .client
+        .post(format!("{}/purge/image/{KITE}", a.admin))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let answer: serde_json::Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+    assert_eq!(answer["all_confirmed"], false, "{answer}");
+    assert_eq!(answer["recorded"], true, "{answer}");
+    let b_entry = answer["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["node"] == peers[1].as_str())
+        .cloned()
+        .unwrap();
+    assert_eq!(b_entry["confirmed"], false, "{answer}");
+
+    // B comes back on the same disk: its old copy is not served.
+    let b = Imgedge::start(&s3, &config(1)).await;
+    let r = b.get(&url).await;
+    assert_eq!(r.status(), 200);
+    assert_ne!(x_cache(&r), "HIT");
+    assert_eq!(
+        dims(&r.bytes().await.unwrap()).1,
+        200,
+        "B served the object purged while it was down"
+    );
+    assert!(
+        b.metric("imgedge_purge_records_total", &[("op", "apply")])
+            .await
+            >= 1.0
+    );
+
+    // The other POP polls the records and stops serving its copy.
+    eventually("the other POP to apply the record", || async {
+        let r = other_pop.get(&url).await;
+        dims(&r.bytes().await.unwrap()).1 == 200
+    })
+    .await;
 }

@@ -93,9 +93,18 @@ impl PurgeLog {
     /// at once; the append and fsync of the record happen before this returns (blocking I/O:
     /// call [`Self::purge_async`] from async code).
     pub fn purge(&self, id: &str) -> io::Result<SystemTime> {
-        let now = SystemTime::now();
+        self.purge_at(id, SystemTime::now())
+    }
+
+    /// Record a purge of `id` made at `at` (by another node: a durable record read back from
+    /// S3). An earlier record than the one held changes nothing.
+    pub fn purge_at(&self, id: &str, at: SystemTime) -> io::Result<SystemTime> {
+        let now = at;
         {
             let mut times = self.times.write();
+            if times.get(id).is_some_and(|t| *t >= at) {
+                return Ok(at);
+            }
             times.insert(id.to_string(), now);
             self.any.store(true, Ordering::Release);
             // Amortised: prune when the map has doubled since the last prune.
@@ -120,9 +129,23 @@ impl PurgeLog {
 
     /// [`Self::purge`] on tokio's blocking pool, off the caller's runtime threads.
     pub async fn purge_async(&'static self, id: String) -> io::Result<SystemTime> {
-        tokio::task::spawn_blocking(move || self.purge(&id))
+        self.purge_at_async(id, SystemTime::now()).await
+    }
+
+    /// [`Self::purge_at`] on tokio's blocking pool.
+    pub async fn purge_at_async(
+        &'static self,
+        id: String,
+        at: SystemTime,
+    ) -> io::Result<SystemTime> {
+        tokio::task::spawn_blocking(move || self.purge_at(&id, at))
             .await
             .map_err(io::Error::other)?
+    }
+
+    /// How long a record matters (the longest an object is kept, stale windows included).
+    pub fn horizon(&self) -> Duration {
+        self.horizon
     }
 
     /// Ids with a purge record (at most those purged within one horizon).

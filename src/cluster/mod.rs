@@ -21,7 +21,8 @@
 //!
 //! One file per concern: [`ring`] (ownership), [`listener`] (the peer listener's door: auth and
 //! request kinds), [`fill`] (the asking side of a peer fill), [`health`] (peer health checks),
-//! [`purge`] (purge orders and their fan-out), [`metrics`]. Peers are a static list
+//! [`purge`] (purge orders and their fan-out), [`records`] (durable purge records in S3 for
+//! nodes that missed a fan-out), [`metrics`]. Peers are a static list
 //! (`cluster.peers`, the same on every node); pingora-load-balancing's `ServiceDiscovery` is the
 //! seam for DNS-discovered peers (not done yet).
 
@@ -30,6 +31,7 @@ pub mod health;
 pub mod listener;
 pub mod metrics;
 pub mod purge;
+pub mod records;
 pub mod ring;
 
 use std::net::SocketAddr;

@@ -10,7 +10,8 @@
 //! So the id's owner (its place on the ring) is purged first, then every other node at once.
 //! The answer lists each node and whether it confirmed; the time to the last confirmation is
 //! `imgedge_cluster_purge_duration_seconds`. A node that is down during the purge is reported
-//! as unconfirmed (not yet: persisting purge records in S3 for it to read when it comes back).
+//! as unconfirmed; it learns of the purge from the durable record ([`super::records`]) that the
+//! admin writes first, before it opens its listeners again.
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -20,12 +20,13 @@ use pingora_core::apps::http_app::ServeHttp;
 use pingora_core::protocols::http::ServerSession;
 use sha2::{Digest, Sha256};
 
+use crate::cache::purge::PurgeLog;
 use crate::config::{Config, SourceKind};
 use crate::error::{Error, Result};
 use crate::metrics::metrics;
 use crate::variant::{self, ParseOptions, Variant};
 use pool::ResizePool;
-use source::{KeyTemplate, LocalSource, S3Source, Source, SourceError};
+use source::{KeyTemplate, LocalSource, Lookup, S3Source, Source, SourceCache, SourceError};
 use transform::{TransformLimits, TransformSettings};
 
 /// A successful answer: the bytes and their type.
@@ -84,6 +85,8 @@ impl Timings {
 /// The origin: source, pool and labelling policy.
 pub struct Origin {
     source: Arc<dyn Source>,
+    /// Recently fetched originals by id (`origin.source_cache_bytes`; `None` when 0).
+    originals: Option<SourceCache>,
     template: KeyTemplate,
     pool: ResizePool,
     /// Fetches in flight, bounded apart from the pool (`origin.max_fetches`).
@@ -113,6 +116,10 @@ impl Origin {
             .map_err(|m| Error::Internal(format!("origin.key_template: {m}")))?;
         Ok(Origin {
             source,
+            originals: SourceCache::new(
+                cfg.origin.source_cache_bytes.as_u64(),
+                cfg.origin.source_cache_ttl,
+            ),
             template,
             pool: ResizePool::new(
                 cfg.transform.worker_count(),
@@ -141,7 +148,40 @@ impl Origin {
         })
     }
 
-    async fn fetch(&self, id: &str, timings: &mut Timings) -> Result<Bytes> {
+    /// Check the source cache's entries against this node's purge records (an id purged since
+    /// its original was fetched is fetched again).
+    pub fn with_purges(mut self, purges: &'static PurgeLog) -> Self {
+        self.originals = self.originals.map(|c| c.with_purges(purges));
+        self
+    }
+
+    /// The original of `id`: from the source cache, or fetched (holding a fetch permit only
+    /// while it really fetches; requests joining a fetch in flight hold none).
+    async fn original(&self, id: &str, timings: &mut Timings) -> Result<Bytes> {
+        let Some(cache) = &self.originals else {
+            let started = Instant::now();
+            let got = self.fetch_permitted(id).await;
+            timings.fetch = Some(started.elapsed());
+            return got;
+        };
+        let (bytes, how) = cache.get_or_fetch(id, || self.fetch_permitted(id)).await?;
+        if let Lookup::Fetched(took) = how {
+            timings.fetch = Some(took);
+        }
+        Ok(bytes)
+    }
+
+    async fn fetch_permitted(&self, id: &str) -> Result<Bytes> {
+        let _permit = self.fetches.clone().try_acquire_owned().map_err(|_| {
+            metrics().fetches_rejected.inc();
+            Error::Busy {
+                retry_after: self.retry_after,
+            }
+        })?;
+        self.fetch(id).await
+    }
+
+    async fn fetch(&self, id: &str) -> Result<Bytes> {
         let key = self.template.render(id);
         let kind = self.source.kind();
         let started = Instant::now();
@@ -159,7 +199,6 @@ impl Origin {
             Err(SourceError::Failed(_)) => "error",
         };
         let took = started.elapsed();
-        timings.fetch = Some(took);
         metrics()
             .source_fetches
             .with_label_values(&[kind, label])
@@ -185,15 +224,8 @@ impl Origin {
         // A fetch waits on the source, not on a CPU: it takes a fetch permit, and a pool slot
         // only once its original is here, so a slow source cannot fill the pool (and answer
         // 503) while the resize threads idle.
-        let permit = self.fetches.clone().try_acquire_owned().map_err(|_| {
-            metrics().fetches_rejected.inc();
-            Error::Busy {
-                retry_after: self.retry_after,
-            }
-        })?;
-        let original = self.fetch(&variant.id, timings).await?;
+        let original = self.original(&variant.id, timings).await?;
         let slot = self.pool.admit()?;
-        drop(permit);
         let settings = self.settings;
         match variant.transform {
             None => {

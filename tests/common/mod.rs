@@ -97,6 +97,21 @@ impl S3 for CountingFs {
     ) -> S3Result<S3Response<s3s::dto::HeadBucketOutput>> {
         self.inner.head_bucket(req).await
     }
+
+    // Writes and listings (purge records, results): served as stored, not counted as GETs.
+    async fn put_object(
+        &self,
+        req: S3Request<s3s::dto::PutObjectInput>,
+    ) -> S3Result<S3Response<s3s::dto::PutObjectOutput>> {
+        self.inner.put_object(req).await
+    }
+
+    async fn list_objects_v2(
+        &self,
+        req: S3Request<s3s::dto::ListObjectsV2Input>,
+    ) -> S3Result<S3Response<s3s::dto::ListObjectsV2Output>> {
+        self.inner.list_objects_v2(req).await
+    }
 }
 
 /// An S3-protocol server on 127.0.0.1 serving a temp directory.

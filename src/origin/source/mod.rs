@@ -1,11 +1,14 @@
 //! Where originals come from: the [`Source`] trait, its S3 and local-directory implementations,
-//! and the [`KeyTemplate`] that maps an image id to an object key.
+//! the [`KeyTemplate`] that maps an image id to an object key, and the [`SourceCache`] of
+//! recently fetched originals in front of them.
 
+pub mod cache;
 mod local;
 mod s3;
 
+pub use cache::{Lookup, SourceCache};
 pub use local::LocalSource;
-pub use s3::S3Source;
+pub use s3::{build_client, S3Source};
 
 use async_trait::async_trait;
 use bytes::Bytes;

@@ -82,7 +82,9 @@ impl S3Source {
     }
 }
 
-async fn build_client(c: &S3Config) -> Client {
+/// An S3 client for `c` (its bucket aside): region, endpoint, credentials, timeouts, retries and
+/// the rustls + ring HTTPS client. Call it on the runtime that will use the client.
+pub async fn build_client(c: &S3Config) -> Client {
     let region = if c.region.is_empty() {
         RegionProviderChain::default_provider().or_else(Region::new("us-east-1"))
     } else {
