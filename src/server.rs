@@ -82,7 +82,10 @@ pub fn build(cfg: &Config, run: RunOptions) -> Result<Server, Error> {
     let mut server = Server::new_with_opt_and_conf(opt, server_conf(cfg, run));
     let bootstrap = server.bootstrap_as_a_service();
 
-    let origin = Arc::new(Origin::from_config(cfg)?);
+    let cache = Cache::from_config(cfg)?;
+    let (results, results_writer) =
+        crate::origin::results::Results::from_config(cfg, cache.purges).unzip();
+    let origin = Arc::new(Origin::from_config(cfg)?.with_results(results.clone()));
     let mut origin_svc = Service::new("origin".to_string(), OriginApp(origin));
     origin_svc.add_uds(
         &cfg.origin.socket.to_string_lossy(),
@@ -90,7 +93,6 @@ pub fn build(cfg: &Config, run: RunOptions) -> Result<Server, Error> {
     );
     origin_svc.threads = Some(cfg.origin.threads);
 
-    let cache = Cache::from_config(cfg)?;
     let (mirror, mirror_svc) = crate::mirror::from_config(&cfg.mirror, &cfg.signing_keys()).unzip();
     let draining = Draining::default();
     let cluster = crate::cluster::Cluster::from_config(&cfg.cluster)?;
@@ -130,7 +132,9 @@ pub fn build(cfg: &Config, run: RunOptions) -> Result<Server, Error> {
 
     let mut admin = Service::new(
         "admin".to_string(),
-        AdminApp::new(cfg, cache, draining.clone()).with_cluster(cluster.clone()),
+        AdminApp::new(cfg, cache, draining.clone())
+            .with_cluster(cluster.clone())
+            .with_results(results),
     );
     admin.add_tcp(&cfg.admin.listen.to_string());
     admin.threads = Some(1);
@@ -169,6 +173,10 @@ pub fn build(cfg: &Config, run: RunOptions) -> Result<Server, Error> {
             interval: cfg.cache.disk.save_interval,
         },
     ));
+    if let Some(writer) = results_writer {
+        // Its own runtime: result PUTs never take an origin or edge thread.
+        server.add_service(background_service("results writer", writer));
+    }
     if let Some(svc) = mirror_svc {
         // Its own runtime: sending mirrored requests never takes an edge thread.
         server.add_service(background_service("mirror", svc));

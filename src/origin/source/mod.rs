@@ -1,10 +1,13 @@
 //! Where originals come from: the [`Source`] trait, its S3 and local-directory implementations,
-//! and the [`KeyTemplate`] that maps an image id to an object key.
+//! a primary bucket with a [`Fallback`], and the [`KeyTemplate`] that maps an image id to an object key.
 
+mod fallback;
 mod local;
 mod s3;
 
+pub use fallback::Fallback;
 pub use local::LocalSource;
+pub(crate) use s3::build_client as s3_client;
 pub use s3::S3Source;
 
 use async_trait::async_trait;

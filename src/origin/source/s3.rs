@@ -82,7 +82,8 @@ impl S3Source {
     }
 }
 
-async fn build_client(c: &S3Config) -> Client {
+/// A client for `c`'s bucket (also the result tier's, [`crate::origin::results`]).
+pub(crate) async fn build_client(c: &S3Config) -> Client {
     let region = if c.region.is_empty() {
         RegionProviderChain::default_provider().or_else(Region::new("us-east-1"))
     } else {
