@@ -86,6 +86,26 @@ async fn a_failing_primary_falls_over_to_the_fallback() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_slower_than_its_share_falls_over_within_the_fetch_timeout() {
+    let primary = S3Server::start().await;
+    let west = S3Server::start_with_bucket(WEST).await;
+    // Keys containing "slow" answer after the primary's delay; the fallback has no delay.
+    let id = "slow00aa0000kite.jpg";
+    for s3 in [&primary, &west] {
+        s3.put(id, &read("kite.jpg"));
+    }
+    // Past the primary's share (half of fetch_timeout: 1.5 s) and its attempt timeout (2 s).
+    primary.set_delay(std::time::Duration::from_secs(10));
+    let node = Imgedge::start_with(&with_fallback(&primary, &west), "").await;
+
+    let r = node.get(&format!("/image/{id}?size=120x")).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(dims(&r.bytes().await.unwrap()).0, 120);
+    assert_eq!(by_bucket(&node, BUCKET, "timeout").await, 1.0);
+    assert_eq!(by_bucket(&node, WEST, "ok").await, 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn not_found_only_when_both_buckets_miss() {
     let primary = S3Server::start().await;
     let west = S3Server::start_with_bucket(WEST).await;
