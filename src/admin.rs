@@ -10,6 +10,9 @@
 //! - `POST /purge/url/image/{id}?size=...`: the one variant that public URL names.
 //! - `GET /cluster[?id=...]`: the ring's members and their health (and an id's owner).
 //!
+//! With `origin.results`, a purge also deletes the id's results (or the URL's one result) from
+//! the shared result tier.
+//!
 //! In a cluster a purge is applied on every node of the POP ([`crate::cluster::purge`]) and the
 //! answer lists which nodes confirmed.
 //!
@@ -38,6 +41,7 @@ pub struct AdminApp {
     purge_token: String,
     cluster: Option<std::sync::Arc<crate::cluster::Cluster>>,
     records: Option<&'static PurgeRecords>,
+    results: Option<std::sync::Arc<crate::origin::results::Results>>,
 }
 
 fn text(status: StatusCode, content_type: &str, body: String) -> Response<Vec<u8>> {
@@ -70,7 +74,17 @@ impl AdminApp {
             purge_token: cfg.admin.purge_token.expose().to_string(),
             cluster: None,
             records: None,
+            results: None,
         }
+    }
+
+    /// Purges received here also delete the shared result tier's objects of the id.
+    pub fn with_results(
+        mut self,
+        results: Option<std::sync::Arc<crate::origin::results::Results>>,
+    ) -> Self {
+        self.results = results;
+        self
     }
 
     /// Purges reach every node of `cluster`; `GET /cluster` describes it.
@@ -181,6 +195,14 @@ impl AdminApp {
         });
         let scope = order.scope();
         let recorded = self.record(&order).await;
+        // The node that received the purge clears the result tier (other nodes of the POP
+        // get the purge through the fan-out and only record it).
+        if let Some(results) = &self.results {
+            match &order {
+                PurgeOrder::Url(v) => results.forget_variant(v).await,
+                PurgeOrder::Id(v) => results.forget_id(&v.id),
+            }
+        }
         if let Some(cluster) = &self.cluster {
             let nodes = crate::cluster::purge::fan_out(cluster, &self.cache, &order).await;
             let all = nodes.iter().all(|n| n.result.is_ok());

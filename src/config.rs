@@ -302,6 +302,8 @@ pub struct OriginConfig {
     pub local: LocalConfig,
     /// The S3 source.
     pub s3: S3Config,
+    /// The shared result tier (`origin.results`): resized variants kept in S3 for every node.
+    pub results: Option<ResultsConfig>,
     /// Longest a source fetch may take, retries included; past it the answer is 504.
     #[serde(with = "humantime_serde")]
     pub fetch_timeout: Duration,
@@ -332,6 +334,7 @@ impl Default for OriginConfig {
             key_template: "{id}".into(),
             local: LocalConfig::default(),
             s3: S3Config::default(),
+            results: None,
             fetch_timeout: Duration::from_secs(10),
             max_fetches: 32,
             source_cache_bytes: ByteSize::mib(256),
@@ -399,6 +402,8 @@ pub struct S3Config {
     /// S3 answers a missing key so when the role lacks `s3:ListBucket`; without this, every
     /// request for a missing id would reach S3 again (an uncached 502).
     pub access_denied_is_not_found: bool,
+    /// A second bucket (usually another region) tried when this one misses, fails or is slow.
+    pub fallback: Option<S3FallbackConfig>,
 }
 
 impl Default for S3Config {
@@ -415,8 +420,160 @@ impl Default for S3Config {
             attempt_timeout: Duration::from_secs(4),
             checksums: ChecksumMode::WhenSupported,
             access_denied_is_not_found: true,
+            fallback: None,
         }
     }
+}
+
+/// `origin.s3.fallback`: the bucket tried when the primary answers NoSuchKey (or AccessDenied
+/// taken as not found), 5xx/throttling after its retries, or does not answer within `after`.
+/// Empty fields take the primary's value; the other S3 settings (timeouts, attempts,
+/// checksums, path style) are the primary's.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct S3FallbackConfig {
+    /// Bucket holding the copies (required).
+    pub bucket: String,
+    /// Region; empty: the primary's.
+    pub region: String,
+    /// Endpoint; empty: the primary's.
+    pub endpoint: String,
+    /// Static access key id; empty (with the secret): the primary's credentials.
+    pub access_key_id: Secret,
+    /// Static secret key.
+    pub secret_access_key: Secret,
+    /// How long the primary may take before the fallback is asked; the rest of
+    /// `origin.fetch_timeout` is the fallback's. Empty: half of `origin.fetch_timeout`.
+    #[serde(with = "humantime_serde")]
+    pub after: Option<Duration>,
+}
+
+impl S3FallbackConfig {
+    /// The full S3 settings of the fallback bucket: the primary's, with this section's fields.
+    pub fn resolve(&self, primary: &S3Config) -> S3Config {
+        S3Config {
+            bucket: self.bucket.clone(),
+            fallback: None,
+            ..overlay(
+                primary,
+                &self.region,
+                &self.endpoint,
+                &self.access_key_id,
+                &self.secret_access_key,
+            )
+        }
+    }
+
+    /// The primary's share of `fetch_timeout`.
+    pub fn primary_share(&self, fetch_timeout: Duration) -> Duration {
+        self.after.unwrap_or(fetch_timeout / 2)
+    }
+}
+
+/// `origin.results`: the shared result tier, a bucket of resized variants that every node
+/// (and every POP) reads before fetching an original and resizing, and that a node writes
+/// after producing a variant. Region, endpoint and credentials default to `origin.s3`'s.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ResultsConfig {
+    /// Bucket for results (required).
+    pub bucket: String,
+    /// Key prefix, e.g. `v1/`: objects are `{prefix}{id}/!/{hash of the variant}`.
+    pub prefix: String,
+    /// Results waiting to be written; past it a new one is dropped (counted).
+    pub queue: usize,
+    /// Longest a lookup may take before the node renders the variant itself.
+    #[serde(with = "humantime_serde")]
+    pub lookup_timeout: Duration,
+    /// Region; empty: `origin.s3.region`.
+    pub region: String,
+    /// Endpoint; empty: `origin.s3.endpoint`.
+    pub endpoint: String,
+    /// Static access key id; empty (with the secret): `origin.s3`'s credentials.
+    pub access_key_id: Secret,
+    /// Static secret key.
+    pub secret_access_key: Secret,
+}
+
+impl Default for ResultsConfig {
+    fn default() -> Self {
+        ResultsConfig {
+            bucket: String::new(),
+            prefix: "v1/".into(),
+            queue: 256,
+            lookup_timeout: Duration::from_secs(1),
+            region: String::new(),
+            endpoint: String::new(),
+            access_key_id: Secret::default(),
+            secret_access_key: Secret::default(),
+        }
+    }
+}
+
+impl ResultsConfig {
+    /// The S3 settings of the results bucket: `origin.s3`'s, with this section's fields.
+    pub fn resolve(&self, primary: &S3Config) -> S3Config {
+        S3Config {
+            bucket: self.bucket.clone(),
+            fallback: None,
+            access_denied_is_not_found: false,
+            ..overlay(
+                primary,
+                &self.region,
+                &self.endpoint,
+                &self.access_key_id,
+                &self.secret_access_key,
+            )
+        }
+    }
+}
+
+/// `base` with the non-empty of region, endpoint and the static key pair put over it.
+fn overlay(
+    base: &S3Config,
+    region: &str,
+    endpoint: &str,
+    key: &Secret,
+    secret: &Secret,
+) -> S3Config {
+    let mut c = base.clone();
+    if !region.is_empty() {
+        c.region = region.to_string();
+    }
+    if !endpoint.is_empty() {
+        c.endpoint = endpoint.to_string();
+    }
+    if !key.is_empty() {
+        c.access_key_id = key.clone();
+        c.secret_access_key = secret.clone();
+    }
+    c
+}
+
+/// Checks of a bucket section that names its own endpoint and keys (`origin.s3.fallback`,
+/// `origin.results`).
+fn validate_bucket_section(
+    bucket: &str,
+    endpoint: &str,
+    key: &Secret,
+    secret: &Secret,
+    keys: [&'static str; 3],
+) -> Result<(), ConfigError> {
+    let [bucket_key, endpoint_key, secret_key] = keys;
+    if bucket.is_empty() {
+        return Err(invalid(bucket_key, "must be set"));
+    }
+    if !endpoint.is_empty() && !endpoint.starts_with("http://") && !endpoint.starts_with("https://")
+    {
+        return Err(invalid(endpoint_key, "must start with http:// or https://"));
+    }
+    if key.is_empty() != secret.is_empty() {
+        return Err(invalid(
+            secret_key,
+            "access_key_id and secret_access_key must be set together",
+        ));
+    }
+    Ok(())
 }
 
 /// Limits that keep hostile originals and greedy requests bounded.
@@ -919,6 +1076,61 @@ impl Config {
                 if s3.attempt_timeout.is_zero() {
                     return Err(invalid("origin.s3.attempt_timeout", "must be positive"));
                 }
+                if let Some(f) = &s3.fallback {
+                    validate_bucket_section(
+                        &f.bucket,
+                        &f.endpoint,
+                        &f.access_key_id,
+                        &f.secret_access_key,
+                        [
+                            "origin.s3.fallback.bucket",
+                            "origin.s3.fallback.endpoint",
+                            "origin.s3.fallback.secret_access_key",
+                        ],
+                    )?;
+                    let share = f.primary_share(self.origin.fetch_timeout);
+                    if share.is_zero() || share >= self.origin.fetch_timeout {
+                        return Err(invalid(
+                            "origin.s3.fallback.after",
+                            format!(
+                                "must be positive and less than origin.fetch_timeout ({:?}), \
+                                 which also bounds the fallback's fetch",
+                                self.origin.fetch_timeout
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+        if self.origin.source != SourceKind::S3 && self.origin.s3.fallback.is_some() {
+            return Err(invalid(
+                "origin.s3.fallback",
+                "needs origin.source: s3 (a fallback backs up an S3 bucket)",
+            ));
+        }
+        if let Some(r) = &self.origin.results {
+            validate_bucket_section(
+                &r.bucket,
+                &r.endpoint,
+                &r.access_key_id,
+                &r.secret_access_key,
+                [
+                    "origin.results.bucket",
+                    "origin.results.endpoint",
+                    "origin.results.secret_access_key",
+                ],
+            )?;
+            if r.prefix.starts_with('/') || r.prefix.split('/').any(|s| s == "..") {
+                return Err(invalid(
+                    "origin.results.prefix",
+                    "must not start with '/' or contain a '..' segment",
+                ));
+            }
+            if r.queue == 0 {
+                return Err(invalid("origin.results.queue", "must be at least 1"));
+            }
+            if r.lookup_timeout.is_zero() {
+                return Err(invalid("origin.results.lookup_timeout", "must be positive"));
             }
         }
         if self.origin.max_fetches == 0 {
@@ -1148,6 +1360,20 @@ impl Config {
             "origin.s3.secret_access_key".into(),
             &self.origin.s3.secret_access_key,
         ));
+        if let Some(f) = &self.origin.s3.fallback {
+            out.push(("origin.s3.fallback.access_key_id".into(), &f.access_key_id));
+            out.push((
+                "origin.s3.fallback.secret_access_key".into(),
+                &f.secret_access_key,
+            ));
+        }
+        if let Some(r) = &self.origin.results {
+            out.push(("origin.results.access_key_id".into(), &r.access_key_id));
+            out.push((
+                "origin.results.secret_access_key".into(),
+                &r.secret_access_key,
+            ));
+        }
         out.retain(|(_, s)| !s.is_empty());
         out
     }
@@ -1222,6 +1448,41 @@ mod tests {
         assert!(err("server:\n  pid_file: rel.pid\n").starts_with("server.pid_file:"));
         assert!(err("origin:\n  key_template: \"{id:0:}\"\n").starts_with("origin.key_template:"));
         assert!(err("mirror:\n  sample: 1.5\n").starts_with("mirror.sample:"));
+        let s3 = "origin:\n  source: s3\n  fetch_timeout: 4s\n  s3:\n    bucket: a\n";
+        assert!(err(&format!("{s3}    fallback: {{ region: us-west-2 }}\n"))
+            .starts_with("origin.s3.fallback.bucket:"));
+        assert!(
+            err(&format!("{s3}    fallback: {{ bucket: b, after: 4s }}\n"))
+                .starts_with("origin.s3.fallback.after:")
+        );
+        assert!(
+            err(&format!("{s3}    fallback: {{ bucket: b, endpoint: x }}\n"))
+                .starts_with("origin.s3.fallback.endpoint:")
+        );
+        assert!(
+            err("origin:\n  s3:\n    fallback: { bucket: b }\n").starts_with("origin.s3.fallback:")
+        );
+        assert!(err("origin:\n  results: { prefix: v1/ }\n").starts_with("origin.results.bucket:"));
+        assert!(err("origin:\n  results: { bucket: r, queue: 0 }\n")
+            .starts_with("origin.results.queue:"));
+        assert!(err("origin:\n  results: { bucket: r, prefix: /v1/ }\n")
+            .starts_with("origin.results.prefix:"));
+        let ok = Config::from_yaml(&format!(
+            "{s3}    region: eu-west-1\n    fallback: {{ bucket: b, region: us-west-2 }}\n  results: {{ bucket: r }}\n"
+        ))
+        .unwrap();
+        let f = ok.origin.s3.fallback.as_ref().unwrap();
+        let resolved = f.resolve(&ok.origin.s3);
+        assert_eq!(
+            (resolved.bucket.as_str(), resolved.region.as_str()),
+            ("b", "us-west-2")
+        );
+        assert_eq!(
+            f.primary_share(ok.origin.fetch_timeout),
+            Duration::from_secs(2)
+        );
+        let r = ok.origin.results.as_ref().unwrap().resolve(&ok.origin.s3);
+        assert_eq!((r.bucket.as_str(), r.region.as_str()), ("r", "eu-west-1"));
         assert!(err("policy:\n  qualities: [80, 50]\n").starts_with("policy.qualities:"));
         assert!(err("policy:\n  qualities: [0]\n").starts_with("policy.qualities:"));
         assert!(err("policy:\n  backgrounds: [white]\n").starts_with("policy.backgrounds:"));

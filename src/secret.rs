@@ -2,7 +2,8 @@
 //! credential, so the YAML an operator ships (or a package installs) need hold none.
 //!
 //! Every secret key (`policy.signing_keys`, `admin.purge_token`, `cluster.secret`, `origin.s3.access_key_id`,
-//! `origin.s3.secret_access_key`) takes one of:
+//! `origin.s3.secret_access_key`, and the key pairs of `origin.s3.fallback` and `origin.results`)
+//! takes one of:
 //!
 //! ```yaml
 //! purge_token: "inline value"                 # in the YAML, as before

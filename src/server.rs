@@ -84,7 +84,13 @@ pub fn build(cfg: &Config, run: RunOptions) -> Result<Server, Error> {
     let bootstrap = server.bootstrap_as_a_service();
 
     let cache = Cache::from_config(cfg)?;
-    let origin = Arc::new(Origin::from_config(cfg)?.with_purges(cache.purges));
+    let (results, results_writer) =
+        crate::origin::results::Results::from_config(cfg, cache.purges).unzip();
+    let origin = Arc::new(
+        Origin::from_config(cfg)?
+            .with_purges(cache.purges)
+            .with_results(results.clone()),
+    );
     let mut origin_svc = Service::new("origin".to_string(), OriginApp(origin));
     origin_svc.add_uds(
         &cfg.origin.socket.to_string_lossy(),
@@ -135,7 +141,8 @@ pub fn build(cfg: &Config, run: RunOptions) -> Result<Server, Error> {
         "admin".to_string(),
         AdminApp::new(cfg, cache, draining.clone())
             .with_cluster(cluster.clone())
-            .with_records(records),
+            .with_records(records)
+            .with_results(results),
     );
     admin.add_tcp(&cfg.admin.listen.to_string());
     admin.threads = Some(1);
@@ -180,6 +187,10 @@ pub fn build(cfg: &Config, run: RunOptions) -> Result<Server, Error> {
             interval: cfg.cache.disk.save_interval,
         },
     ));
+    if let Some(writer) = results_writer {
+        // Its own runtime: result PUTs never take an origin or edge thread.
+        server.add_service(background_service("results writer", writer));
+    }
     if let Some(svc) = mirror_svc {
         // Its own runtime: sending mirrored requests never takes an edge thread.
         server.add_service(background_service("mirror", svc));

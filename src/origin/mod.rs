@@ -7,11 +7,12 @@
 //! a property of the original (404, 422) carry the short negative TTL.
 
 pub mod pool;
+pub mod results;
 pub mod source;
 pub mod transform;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -26,7 +27,10 @@ use crate::error::{Error, Result};
 use crate::metrics::metrics;
 use crate::variant::{self, ParseOptions, Variant};
 use pool::ResizePool;
-use source::{KeyTemplate, LocalSource, Lookup, S3Source, Source, SourceCache, SourceError};
+use results::Results;
+use source::{
+    Fallback, KeyTemplate, LocalSource, Lookup, S3Source, Source, SourceCache, SourceError,
+};
 use transform::{TransformLimits, TransformSettings};
 
 /// A successful answer: the bytes and their type.
@@ -98,6 +102,8 @@ pub struct Origin {
     fetch_timeout: Duration,
     cache_control: String,
     negative_cache_control: String,
+    /// The shared result tier (`origin.results`), if configured.
+    results: Option<Arc<Results>>,
 }
 
 impl Origin {
@@ -105,7 +111,16 @@ impl Origin {
     pub fn from_config(cfg: &Config) -> Result<Origin> {
         let source: Arc<dyn Source> = match cfg.origin.source {
             SourceKind::Local => Arc::new(LocalSource::new(cfg.origin.local.root.clone())),
-            SourceKind::S3 => Arc::new(S3Source::new(cfg.origin.s3.clone())),
+            SourceKind::S3 => match &cfg.origin.s3.fallback {
+                None => Arc::new(S3Source::new(cfg.origin.s3.clone())),
+                Some(f) => Arc::new(Fallback::new(
+                    Box::new(S3Source::new(cfg.origin.s3.clone())),
+                    &cfg.origin.s3.bucket,
+                    Box::new(S3Source::new(f.resolve(&cfg.origin.s3))),
+                    &f.bucket,
+                    f.primary_share(cfg.origin.fetch_timeout),
+                )),
+            },
         };
         Origin::new(cfg, source)
     }
@@ -145,7 +160,14 @@ impl Origin {
                 "public, max-age={}",
                 cfg.origin.negative_ttl.as_secs()
             ),
+            results: None,
         })
+    }
+
+    /// Look variants up in, and write them to, the shared result tier.
+    pub fn with_results(mut self, results: Option<Arc<Results>>) -> Self {
+        self.results = results;
+        self
     }
 
     /// Check the source cache's entries against this node's purge records (an id purged since
@@ -221,6 +243,18 @@ impl Origin {
         timings: &mut Timings,
     ) -> Result<Rendered> {
         let variant = Variant::parse(path, query, &self.parse)?;
+        // The result tier holds resized variants only; a hit needs no original and no resize.
+        let results = self
+            .results
+            .as_ref()
+            .filter(|_| variant.transform.is_some());
+        if let Some(hit) = match results {
+            Some(r) => r.lookup(&variant).await,
+            None => None,
+        } {
+            return Ok(hit);
+        }
+        let fetched_at = SystemTime::now();
         // A fetch waits on the source, not on a CPU: it takes a fetch permit, and a pool slot
         // only once its original is here, so a slow source cannot fill the pool (and answer
         // 503) while the resize threads idle.
@@ -279,11 +313,15 @@ impl Origin {
                     .resize_duration
                     .with_label_values(&[format])
                     .observe(took.as_secs_f64());
-                Ok(Rendered {
+                let rendered = Rendered {
                     body: out.bytes,
                     mime: out.format.mime(),
                     etag,
-                })
+                };
+                if let Some(r) = results {
+                    r.store(&variant, &rendered, fetched_at);
+                }
+                Ok(rendered)
             }
         }
     }

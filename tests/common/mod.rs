@@ -112,22 +112,36 @@ impl S3 for CountingFs {
     ) -> S3Result<S3Response<s3s::dto::ListObjectsV2Output>> {
         self.inner.list_objects_v2(req).await
     }
+
+    async fn delete_object(
+        &self,
+        req: S3Request<s3s::dto::DeleteObjectInput>,
+    ) -> S3Result<S3Response<s3s::dto::DeleteObjectOutput>> {
+        self.inner.delete_object(req).await
+    }
 }
 
 /// An S3-protocol server on 127.0.0.1 serving a temp directory.
 pub struct S3Server {
     pub addr: SocketAddr,
+    /// The bucket [`S3Server::put`] stores originals in.
+    pub bucket: String,
     root: tempfile::TempDir,
     counters: Arc<Counters>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl S3Server {
-    /// Start on the current tokio runtime.
+    /// Start on the current tokio runtime, originals in [`BUCKET`].
     pub async fn start() -> S3Server {
+        Self::start_with_bucket(BUCKET).await
+    }
+
+    /// Start on the current tokio runtime, originals in `bucket`.
+    pub async fn start_with_bucket(bucket: &str) -> S3Server {
         use hyper_util::rt::{TokioExecutor, TokioIo};
         let root = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(root.path().join(BUCKET)).unwrap();
+        std::fs::create_dir_all(root.path().join(bucket)).unwrap();
         let counters = Arc::new(Counters::default());
         let fs = CountingFs {
             inner: s3s_fs::FileSystem::new(root.path()).unwrap(),
@@ -155,6 +169,7 @@ impl S3Server {
         });
         S3Server {
             addr,
+            bucket: bucket.to_string(),
             root,
             counters,
             task,
@@ -169,9 +184,38 @@ impl S3Server {
             &id[4.min(id.len())..6.min(id.len())],
             id
         );
-        let path = self.root.path().join(BUCKET).join(key);
+        let path = self.root.path().join(&self.bucket).join(key);
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(path, bytes).unwrap();
+    }
+
+    /// Create another (empty) bucket.
+    pub fn create_bucket(&self, bucket: &str) {
+        std::fs::create_dir_all(self.root.path().join(bucket)).unwrap();
+    }
+
+    /// The file holding object `key` of `bucket` (tests age or restore objects through it).
+    pub fn object_path(&self, bucket: &str, key: &str) -> PathBuf {
+        self.root.path().join(bucket).join(key)
+    }
+
+    /// Keys of the objects in `bucket`, sorted.
+    pub fn objects(&self, bucket: &str) -> Vec<String> {
+        fn walk(dir: &Path, base: &Path, out: &mut Vec<String>) {
+            for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    walk(&p, base, out);
+                } else if let Ok(rel) = p.strip_prefix(base) {
+                    out.push(rel.to_string_lossy().into_owned());
+                }
+            }
+        }
+        let base = self.root.path().join(bucket);
+        let mut out = Vec::new();
+        walk(&base, &base, &mut out);
+        out.sort();
+        out
     }
 
     /// GetObject calls so far for the object of `id`.

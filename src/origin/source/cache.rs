@@ -161,15 +161,10 @@ mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    fn counting<'a>(
-        calls: &'a AtomicUsize,
-        body: &'static [u8],
-    ) -> impl Future<Output = Result<Bytes, Error>> + 'a {
-        async move {
-            calls.fetch_add(1, Ordering::SeqCst);
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            Ok(Bytes::from_static(body))
-        }
+    async fn counting(calls: &AtomicUsize, body: &'static [u8]) -> Result<Bytes, Error> {
+        calls.fetch_add(1, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        Ok(Bytes::from_static(body))
     }
 
     #[tokio::test]
@@ -178,7 +173,7 @@ mod tests {
         let calls = AtomicUsize::new(0);
         let lookups = (0..10).map(|_| cache.get_or_fetch("a", || counting(&calls, b"one")));
         let got = futures::future::join_all(lookups).await;
-        assert!(got.iter().all(|r| r.as_ref().unwrap().0 == &b"one"[..]));
+        assert!(got.iter().all(|r| r.as_ref().unwrap().0 == b"one"[..]));
         assert_eq!(
             got.iter()
                 .filter(|r| matches!(r.as_ref().unwrap().1, Lookup::Fetched(_)))

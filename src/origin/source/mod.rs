@@ -1,12 +1,14 @@
 //! Where originals come from: the [`Source`] trait, its S3 and local-directory implementations,
-//! the [`KeyTemplate`] that maps an image id to an object key, and the [`SourceCache`] of
-//! recently fetched originals in front of them.
+//! the [`KeyTemplate`] that maps an image id to an object key, a primary bucket with a
+//! [`Fallback`], and the [`SourceCache`] of recently fetched originals in front of them.
 
 pub mod cache;
+mod fallback;
 mod local;
 mod s3;
 
 pub use cache::{Lookup, SourceCache};
+pub use fallback::Fallback;
 pub use local::LocalSource;
 pub use s3::{build_client, S3Source};
 
