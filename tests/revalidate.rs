@@ -21,6 +21,8 @@ struct Answer {
     cache: String,
     etag: String,
     internal_header: bool,
+    /// `X-Cache-Peer`: the owner asked, in a cluster.
+    peer: String,
     body: Vec<u8>,
 }
 
@@ -35,11 +37,13 @@ async fn get(node: &Imgedge, url: &str) -> Answer {
     };
     let (status, cache, etag) = (r.status().as_u16(), h("x-cache"), h("etag"));
     let internal_header = r.headers().contains_key(SOURCE_ETAG);
+    let peer = h("x-cache-peer");
     Answer {
         status,
         cache,
         etag,
         internal_header,
+        peer,
         body: r.bytes().await.unwrap().to_vec(),
     }
 }
@@ -181,4 +185,77 @@ async fn a_purged_variant_is_refetched_in_full_not_revalidated() {
         "same original, same variant, same tag"
     );
     assert_eq!(get(&node, &u).await.cache, "HIT");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_non_owner_revalidates_through_the_owner_without_a_resize() {
+    const SECRET: &str = "cluster-test-secret-0123456789abcdef";
+    let s3 = S3Server::start().await;
+    s3.put(ASTRO, &read("astronaut.png"));
+    let peers: Vec<String> = (0..2)
+        .map(|_| format!("127.0.0.1:{}", free_port()))
+        .collect();
+    let mut nodes = Vec::new();
+    for me in &peers {
+        let cluster = format!(
+            "cluster:\n  listen: {me}\n  peers: [{}]\n  secret: {SECRET}\n  health_check_interval: 100ms\n  connect_timeout: 300ms\n",
+            peers.join(", ")
+        );
+        nodes.push(Imgedge::start_with(&short_ttl(&s3), &cluster).await);
+    }
+    let owner_of = |node: &Imgedge| {
+        let req = node
+            .client
+            .get(format!("{}/cluster?id={ASTRO}", node.admin));
+        async move {
+            let ring: serde_json::Value =
+                serde_json::from_slice(&req.send().await.unwrap().bytes().await.unwrap()).unwrap();
+            let healthy = ring["members"]
+                .as_array()
+                .is_some_and(|m| m.len() == 2 && m.iter().all(|m| m["healthy"] == true));
+            (healthy, ring["owner"].as_str().unwrap_or("").to_string())
+        }
+    };
+    for node in &nodes {
+        eventually("every peer healthy", || async { owner_of(node).await.0 }).await;
+    }
+    let owner = owner_of(&nodes[0]).await.1;
+    let other = &nodes[peers.iter().position(|p| *p != owner).unwrap()];
+    let u = format!("/image/{ASTRO}?size=100x");
+
+    let first = get(other, &u).await;
+    assert_eq!((first.status, first.cache.as_str()), (200, "MISS"));
+    assert!(
+        first.peer.starts_with(&owner),
+        "filled by the owner: {}",
+        first.peer
+    );
+    assert!(!first.internal_header, "{SOURCE_ETAG} reached a client");
+    let transforms = || async {
+        let mut sum = 0.0;
+        for n in &nodes {
+            sum += n.transforms().await;
+        }
+        sum
+    };
+    assert_eq!(transforms().await, 1.0);
+
+    // Expired on the non-owner: it asks the owner with its tags; the owner revalidates its
+    // own copy (or still has it fresh) and answers 304. No resize anywhere in the POP.
+    let again = after_expiry(other, &u).await;
+    assert_eq!((again.status, again.cache.as_str()), (200, "REVALIDATED"));
+    assert!(
+        again.peer.starts_with(&owner),
+        "asked the owner: {}",
+        again.peer
+    );
+    assert!(again.body == first.body);
+    assert_eq!(again.etag, first.etag);
+    assert!(!again.internal_header, "{SOURCE_ETAG} reached a client");
+    assert_eq!(transforms().await, 1.0, "no resize in the POP");
+    assert_eq!(
+        s3.gets(ASTRO) - s3.not_modified(),
+        1,
+        "one full GET in the POP"
+    );
 }
