@@ -180,15 +180,10 @@ mod tests {
         Original { bytes, etag: None }
     }
 
-    fn counting<'a>(
-        calls: &'a AtomicUsize,
-        body: &'static [u8],
-    ) -> impl Future<Output = Result<Original, Error>> + 'a {
-        async move {
-            calls.fetch_add(1, Ordering::SeqCst);
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            Ok(original(Bytes::from_static(body)))
-        }
+    async fn counting(calls: &AtomicUsize, body: &'static [u8]) -> Result<Original, Error> {
+        calls.fetch_add(1, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        Ok(original(Bytes::from_static(body)))
     }
 
     #[tokio::test]
@@ -199,7 +194,7 @@ mod tests {
         let got = futures::future::join_all(lookups).await;
         assert!(got
             .iter()
-            .all(|r| r.as_ref().unwrap().0.bytes == &b"one"[..]));
+            .all(|r| r.as_ref().unwrap().0.bytes == b"one"[..]));
         assert_eq!(
             got.iter()
                 .filter(|r| matches!(r.as_ref().unwrap().1, Lookup::Fetched(_)))
