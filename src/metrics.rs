@@ -22,7 +22,7 @@ pub struct Metrics {
     pub requests: IntCounterVec,
     /// Requests the origin service answered, by status code.
     pub origin_requests: IntCounterVec,
-    /// Source fetches by source kind and result (`ok`, `not_found`, `too_large`, `timeout`, `error`).
+    /// Source fetches by source kind and result (`ok`, `not_modified`, `not_found`, `too_large`, `timeout`, `error`).
     pub source_fetches: IntCounterVec,
     /// Variants produced, by output format.
     pub transforms: IntCounterVec,

@@ -45,7 +45,7 @@ use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::error::Error;
 use crate::metrics::metrics;
-use crate::origin::{Timings, SERVER_TIMING};
+use crate::origin::{Timings, SERVER_TIMING, SOURCE_ETAG};
 use crate::policy::Policy;
 use crate::variant::{ParseOptions, Variant};
 use access_log::{AccessLog, Entry};
@@ -59,6 +59,8 @@ pub struct EdgeCtx {
     fill: FillState,
     /// When this request went to the origin (a fill began), for the purge check on its answer.
     fill_started: Option<SystemTime>,
+    /// The cached object was purged: refetch it in full, never revalidate it.
+    purged: bool,
 }
 
 /// How the edge treats clients (from `edge.*`).
@@ -278,6 +280,7 @@ impl ProxyHttp for Edge {
             timings: Timings::default(),
             fill: FillState::default(),
             fill_started: None,
+            purged: false,
         }
     }
 
@@ -357,6 +360,7 @@ impl ProxyHttp for Edge {
             .variant
             .as_ref()
             .is_some_and(|v| self.cache.purges.is_purged(&v.id, meta.created()));
+        ctx.purged = purged;
         Ok(purged.then_some(ForcedFreshness::ForceExpired))
     }
 
@@ -475,12 +479,13 @@ impl ProxyHttp for Edge {
 
     async fn upstream_request_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream: &mut RequestHeader,
         ctx: &mut EdgeCtx,
     ) -> Result<()> {
         // The origin sees exactly the canonical variant and nothing of the client's request:
-        // GET even for HEAD (the fill needs the body), no conditionals, no ranges, no cookies.
+        // GET even for HEAD (the fill needs the body), no client conditionals, no ranges, no
+        // cookies.
         let uri = ctx
             .variant
             .as_ref()
@@ -488,6 +493,16 @@ impl ProxyHttp for Edge {
             .ok_or_else(|| PError::explain(ErrorType::InternalError, "no variant"))?;
         let mut req = RequestHeader::build(http::Method::GET, uri.as_bytes(), Some(1))?;
         req.insert_header("host", "origin")?;
+        // Revalidating an expired object: its tags, so the origin (or the owner) can answer 304
+        // without a resize when the original did not change. Not for a purged object: a purge
+        // takes every earlier copy out of service, so it is refetched in full.
+        if let (false, Some(meta)) = (ctx.purged, session.cache.maybe_cache_meta()) {
+            let h = meta.headers();
+            if let (Some(etag), Some(source)) = (h.get(http::header::ETAG), h.get(&SOURCE_ETAG)) {
+                req.insert_header(http::header::IF_NONE_MATCH, etag.clone())?;
+                req.insert_header(SOURCE_ETAG, source.clone())?;
+            }
+        }
         if let Some(cluster) = &self.cluster {
             ctx.fill.sign(cluster, &mut req)?;
         }
@@ -511,6 +526,10 @@ impl ProxyHttp for Edge {
         }
         resp.insert_header("x-content-type-options", "nosniff")?;
         resp.remove_header("vary");
+        // Internal; a peer's copy keeps it (the asking node caches it for its revalidations).
+        if !self.from_peer {
+            resp.remove_header(&SOURCE_ETAG);
+        }
         Ok(())
     }
 

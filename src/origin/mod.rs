@@ -5,6 +5,13 @@
 //! with `ETag` and `Cache-Control` so the edge's cache and clients' caches know what to keep.
 //! Errors become one-line text answers with the status from [`Error::status`]; the ones that are
 //! a property of the original (404, 422) carry the short negative TTL.
+//!
+//! Revalidation: a variant's `ETag` is derived from its original's tag at the source (S3's
+//! `ETag`, a file's size and mtime), its canonical key and the transform's version, so it is
+//! known before any work. The answer also carries the original's tag ([`SOURCE_ETAG`]), which
+//! the edge keeps with the cached object. When an expired object is revalidated, the edge
+//! sends both back; if they still belong together, the origin asks the source "changed since?"
+//! (If-None-Match) and, when it has not, answers 304 without fetching the bytes or resizing.
 
 pub mod pool;
 pub mod results;
@@ -15,7 +22,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
-use bytes::Bytes;
 use http::{Response, StatusCode};
 use pingora_core::apps::http_app::ServeHttp;
 use pingora_core::protocols::http::ServerSession;
@@ -29,7 +35,7 @@ use crate::variant::{self, ParseOptions, Variant};
 use pool::ResizePool;
 use results::Results;
 use source::{
-    Fallback, KeyTemplate, LocalSource, Lookup, S3Source, Source, SourceCache, SourceError,
+    Fallback, Fetched, KeyTemplate, LocalSource, Lookup, S3Source, Source, SourceCache, SourceError,
 };
 use transform::{TransformLimits, TransformSettings};
 
@@ -40,10 +46,40 @@ pub struct Rendered {
     pub body: Vec<u8>,
     /// `Content-Type`.
     pub mime: &'static str,
-    /// The body's strong `ETag`, computed on the resize thread (hashing the whole body is CPU
-    /// work; the origin's async threads only move bytes).
+    /// The variant's strong `ETag`: derived from the original's tag when the source gave one,
+    /// else a hash of the body computed on the resize thread (CPU work; the origin's async
+    /// threads only move bytes).
     pub etag: String,
+    /// The original's tag at the source, sent as [`SOURCE_ETAG`] for later revalidation.
+    pub source_etag: Option<String>,
 }
+
+/// The tags of a cached variant, as the edge sends them when revalidating it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Validators {
+    /// The variant's `ETag` (the request's `If-None-Match`).
+    pub etag: String,
+    /// Its original's tag at the source ([`SOURCE_ETAG`]).
+    pub source_etag: String,
+}
+
+/// The origin's answer to one canonical request.
+#[derive(Debug)]
+pub enum Answer {
+    /// The variant (200).
+    Body(Rendered),
+    /// The edge's cached variant is still current (304): its original did not change.
+    NotModified(Validators),
+}
+
+/// The internal header carrying the original's tag at the source with each variant, from the
+/// origin to the edge's cache and back on revalidation. Never sent to clients.
+pub const SOURCE_ETAG: http::HeaderName = http::HeaderName::from_static("x-imgedge-source-etag");
+
+/// Bumped whenever the same original and variant key may come out as other bytes without a
+/// release (the package version is part of every derived tag as well), so that caches refetch
+/// instead of revalidating to the old bytes.
+const TRANSFORM_VERSION: &str = "1";
 
 /// Where a miss spent its time; sent to the edge as `Server-Timing` (`fetch`, `resize`).
 #[derive(Debug, Default, Clone, Copy)]
@@ -104,6 +140,9 @@ pub struct Origin {
     negative_cache_control: String,
     /// The shared result tier (`origin.results`), if configured.
     results: Option<Arc<Results>>,
+    /// What else decides a variant's bytes besides its original and key: transform version,
+    /// package version and settings; part of every derived `ETag`.
+    etag_seed: String,
 }
 
 impl Origin {
@@ -129,6 +168,15 @@ impl Origin {
     pub fn new(cfg: &Config, source: Arc<dyn Source>) -> Result<Origin> {
         let template = KeyTemplate::parse(&cfg.origin.key_template)
             .map_err(|m| Error::Internal(format!("origin.key_template: {m}")))?;
+        let settings = TransformSettings {
+            limits: TransformLimits {
+                max_source_pixels: cfg.limits.max_source_pixels,
+                max_frames: cfg.limits.max_frames,
+                max_metadata_bytes: cfg.limits.max_metadata_bytes.as_u64(),
+            },
+            background: cfg.transform.background_rgb(),
+            default_quality: cfg.transform.default_quality,
+        };
         Ok(Origin {
             source,
             originals: SourceCache::new(
@@ -144,15 +192,11 @@ impl Origin {
             fetches: Arc::new(tokio::sync::Semaphore::new(cfg.origin.max_fetches)),
             retry_after: cfg.transform.retry_after,
             parse: cfg.parse_options(),
-            settings: TransformSettings {
-                limits: TransformLimits {
-                    max_source_pixels: cfg.limits.max_source_pixels,
-                    max_frames: cfg.limits.max_frames,
-                    max_metadata_bytes: cfg.limits.max_metadata_bytes.as_u64(),
-                },
-                background: cfg.transform.background_rgb(),
-                default_quality: cfg.transform.default_quality,
-            },
+            settings,
+            etag_seed: format!(
+                "{TRANSFORM_VERSION}/{}/{settings:?}",
+                env!("CARGO_PKG_VERSION")
+            ),
             max_source_bytes: cfg.limits.max_source_bytes.as_u64(),
             fetch_timeout: cfg.origin.fetch_timeout,
             cache_control: cfg.origin.cache_control.clone(),
@@ -177,44 +221,81 @@ impl Origin {
         self
     }
 
+    /// The variant's `ETag` for an original with tag `source_etag`: equal inputs, equal tag,
+    /// across nodes and restarts of one version.
+    fn variant_etag(&self, source_etag: &str, canonical_uri: &str) -> String {
+        let mut h = Sha256::new();
+        for part in [self.etag_seed.as_str(), source_etag, canonical_uri] {
+            // Length-prefixed, so no two different triples hash the same bytes.
+            h.update((part.len() as u64).to_le_bytes());
+            h.update(part.as_bytes());
+        }
+        format!("\"{}\"", hex::encode(&h.finalize()[..16]))
+    }
+
     /// The original of `id`: from the source cache, or fetched (holding a fetch permit only
-    /// while it really fetches; requests joining a fetch in flight hold none).
-    async fn original(&self, id: &str, timings: &mut Timings) -> Result<Bytes> {
-        let Some(cache) = &self.originals else {
-            let started = Instant::now();
-            let got = self.fetch_permitted(id).await;
-            timings.fetch = Some(started.elapsed());
-            return got;
+    /// while it really fetches; requests joining a fetch in flight hold none). With
+    /// `if_none_match` (revalidating) the source itself is asked "changed since?": the answer
+    /// is small either way, and a changed original replaces the one the cache may hold.
+    async fn original(
+        &self,
+        id: &str,
+        if_none_match: Option<&str>,
+        timings: &mut Timings,
+    ) -> Result<Fetched> {
+        let cache = match (&self.originals, if_none_match) {
+            (Some(cache), None) => cache,
+            (cache, _) => {
+                let began = SystemTime::now();
+                let started = Instant::now();
+                let got = self.fetch_permitted(id, if_none_match).await;
+                timings.fetch = Some(started.elapsed());
+                if let (Some(cache), Ok(Fetched::Body(o))) = (cache, &got) {
+                    cache.insert(id, o.clone(), began).await;
+                }
+                return got;
+            }
         };
-        let (bytes, how) = cache.get_or_fetch(id, || self.fetch_permitted(id)).await?;
+        let (original, how) = cache
+            .get_or_fetch(id, || async {
+                self.fetch_permitted(id, None)
+                    .await?
+                    .into_body()
+                    .ok_or_else(|| Error::Upstream("source answered 304 to a plain GET".into()))
+            })
+            .await?;
         if let Lookup::Fetched(took) = how {
             timings.fetch = Some(took);
         }
-        Ok(bytes)
+        Ok(Fetched::Body(original))
     }
 
-    async fn fetch_permitted(&self, id: &str) -> Result<Bytes> {
+    async fn fetch_permitted(&self, id: &str, if_none_match: Option<&str>) -> Result<Fetched> {
         let _permit = self.fetches.clone().try_acquire_owned().map_err(|_| {
             metrics().fetches_rejected.inc();
             Error::Busy {
                 retry_after: self.retry_after,
             }
         })?;
-        self.fetch(id).await
+        self.fetch(id, if_none_match).await
     }
 
-    async fn fetch(&self, id: &str) -> Result<Bytes> {
+    /// Fetch the original of `id` from the source; conditional on its tag when `if_none_match`
+    /// is given.
+    async fn fetch(&self, id: &str, if_none_match: Option<&str>) -> Result<Fetched> {
         let key = self.template.render(id);
         let kind = self.source.kind();
         let started = Instant::now();
         let fetched = tokio::time::timeout(
             self.fetch_timeout,
-            self.source.fetch(&key, self.max_source_bytes),
+            self.source
+                .fetch(&key, self.max_source_bytes, if_none_match),
         )
         .await
         .unwrap_or(Err(SourceError::Timeout));
         let label = match &fetched {
-            Ok(_) => "ok",
+            Ok(Fetched::Body(_)) => "ok",
+            Ok(Fetched::NotModified) => "not_modified",
             Err(SourceError::NotFound) => "not_found",
             Err(SourceError::TooLarge { .. }) => "too_large",
             Err(SourceError::Timeout) => "timeout",
@@ -235,32 +316,61 @@ impl Origin {
         Ok(fetched?)
     }
 
-    /// Produce the answer for one canonical request.
+    /// Produce the answer for one canonical request; `cached` are the tags of the edge's copy
+    /// when it is revalidating one.
     pub async fn render(
         &self,
         path: &str,
         query: Option<&str>,
+        cached: Option<&Validators>,
         timings: &mut Timings,
-    ) -> Result<Rendered> {
+    ) -> Result<Answer> {
         let variant = Variant::parse(path, query, &self.parse)?;
+        let canonical = variant.canonical_uri();
+        // Ask the source "changed since?" only when the cached tag is the one its original's
+        // tag gives for this variant today: another transform version or settings mean other
+        // bytes, and a 304 from the source would then leave nothing to answer with.
+        let revalidating =
+            cached.filter(|c| self.variant_etag(&c.source_etag, &canonical) == c.etag);
         // The result tier holds resized variants only; a hit needs no original and no resize.
+        // An edge revalidating its copy asks the source instead (a 304 moves no bytes).
         let results = self
             .results
             .as_ref()
             .filter(|_| variant.transform.is_some());
-        if let Some(hit) = match results {
-            Some(r) => r.lookup(&variant).await,
-            None => None,
-        } {
-            return Ok(hit);
+        if let (Some(r), None) = (results, revalidating) {
+            if let Some(hit) = r.lookup(&variant).await {
+                return Ok(Answer::Body(hit));
+            }
         }
         let fetched_at = SystemTime::now();
         // A fetch waits on the source, not on a CPU: it takes a fetch permit, and a pool slot
         // only once its original is here, so a slow source cannot fill the pool (and answer
         // 503) while the resize threads idle.
-        let original = self.original(&variant.id, timings).await?;
+        let fetched = self
+            .original(
+                &variant.id,
+                revalidating.map(|c| c.source_etag.as_str()),
+                timings,
+            )
+            .await?;
+        let original = match (fetched, revalidating) {
+            (Fetched::Body(o), _) => o,
+            (Fetched::NotModified, Some(c)) => return Ok(Answer::NotModified(c.clone())),
+            (Fetched::NotModified, None) => {
+                return Err(Error::Upstream("source answered 304 to a plain GET".into()))
+            }
+        };
         let slot = self.pool.admit()?;
         let settings = self.settings;
+        // Known before the work; only a source without tags makes the resize thread hash the
+        // output instead.
+        let known_etag = original
+            .etag
+            .as_deref()
+            .map(|t| self.variant_etag(t, &canonical));
+        let source_etag = original.etag;
+        let original = original.bytes;
         match variant.transform {
             None => {
                 // Served as stored, but only if it is an image whose header is within limits
@@ -275,7 +385,7 @@ impl Origin {
                         transform::decode::validate(&original, format, &settings.limits)?;
                         let end = transform::container::image_end(&original, format);
                         if end == Some(original.len()) {
-                            let tag = etag(&original);
+                            let tag = known_etag.unwrap_or_else(|| etag(&original));
                             return Ok((format.mime(), Vec::from(original), tag));
                         }
                         tracing::debug!(?end, len = original.len(), "re-encoding an original");
@@ -285,16 +395,17 @@ impl Origin {
                             quality: Some(settings.default_quality),
                         };
                         let out = transform::transform(&original, &t, &settings)?;
-                        let tag = etag(&out.bytes);
+                        let tag = known_etag.unwrap_or_else(|| etag(&out.bytes));
                         Ok((out.format.mime(), out.bytes, tag))
                     })
                     .await?;
-                Ok(Rendered {
+                Ok(Answer::Body(Rendered {
                     // Reuses the fetched buffer when nothing else holds it (no copy).
                     body,
                     mime,
                     etag,
-                })
+                    source_etag,
+                }))
             }
             Some(t) => {
                 let (out, etag, took) = self
@@ -302,7 +413,7 @@ impl Origin {
                     .run(&slot, move || {
                         let started = Instant::now();
                         let out = transform::transform(&original, &t, &settings)?;
-                        let tag = etag(&out.bytes);
+                        let tag = known_etag.unwrap_or_else(|| etag(&out.bytes));
                         Ok((out, tag, started.elapsed()))
                     })
                     .await?;
@@ -317,11 +428,12 @@ impl Origin {
                     body: out.bytes,
                     mime: out.format.mime(),
                     etag,
+                    source_etag,
                 };
                 if let Some(r) = results {
                     r.store(&variant, &rendered, fetched_at);
                 }
-                Ok(rendered)
+                Ok(Answer::Body(rendered))
             }
         }
     }
@@ -335,16 +447,29 @@ impl Origin {
     }
 
     /// Turn a result into the HTTP answer.
-    pub fn respond(&self, result: Result<Rendered>, timings: Timings) -> Response<Vec<u8>> {
+    pub fn respond(&self, result: Result<Answer>, timings: Timings) -> Response<Vec<u8>> {
         let built = match result {
-            Ok(r) => Response::builder()
-                .status(StatusCode::OK)
-                .header("content-type", r.mime)
-                .header("content-length", r.body.len())
-                .header("etag", r.etag)
+            Ok(Answer::Body(r)) => {
+                let b = Response::builder()
+                    .status(StatusCode::OK)
+                    .header("content-type", r.mime)
+                    .header("content-length", r.body.len())
+                    .header("etag", r.etag)
+                    .header("cache-control", &self.cache_control)
+                    .header("x-content-type-options", "nosniff");
+                match r.source_etag {
+                    Some(t) => b.header(SOURCE_ETAG, t),
+                    None => b,
+                }
+                .body(r.body)
+            }
+            // The edge merges Cache-Control into its cached header and restarts the TTL.
+            Ok(Answer::NotModified(v)) => Response::builder()
+                .status(StatusCode::NOT_MODIFIED)
+                .header("etag", v.etag)
+                .header(SOURCE_ETAG, v.source_etag)
                 .header("cache-control", &self.cache_control)
-                .header("x-content-type-options", "nosniff")
-                .body(r.body),
+                .body(Vec::new()),
             Err(e) => {
                 if e.status() >= 500 {
                     tracing::warn!("origin answered {}: {e}", e.status());
@@ -426,7 +551,20 @@ impl ServeHttp for OriginApp {
                 req.uri.path().to_string(),
                 req.uri.query().map(str::to_string),
             );
-            self.0.render(&path, query.as_deref(), &mut timings).await
+            // Only the edge reaches this socket: both headers are its own, sent when it
+            // revalidates a cached variant.
+            let header = |name| {
+                req.headers
+                    .get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string)
+            };
+            let cached = header(http::header::IF_NONE_MATCH)
+                .zip(header(SOURCE_ETAG))
+                .map(|(etag, source_etag)| Validators { etag, source_etag });
+            self.0
+                .render(&path, query.as_deref(), cached.as_ref(), &mut timings)
+                .await
         };
         let resp = self.0.respond(result, timings);
         metrics()

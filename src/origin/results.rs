@@ -44,6 +44,8 @@ use crate::variant::Variant;
 const CREATED: &str = "imgedge-created";
 /// Metadata key holding the body's `ETag` (hex, unquoted).
 const ETAG: &str = "imgedge-etag";
+/// Metadata key holding the original's tag at the source (for later revalidation).
+const SOURCE_ETAG: &str = "imgedge-source-etag";
 /// PUTs in flight at once from the writer.
 const PUTS_IN_FLIGHT: usize = 8;
 /// Pages of a listing walked per purge (1,000 keys each): an id has one object per variant.
@@ -121,6 +123,7 @@ struct Put {
     body: Vec<u8>,
     mime: &'static str,
     etag: String,
+    source_etag: Option<String>,
     created: SystemTime,
 }
 
@@ -290,6 +293,10 @@ impl Results {
             .filter(|e| e.len() == 32 && e.bytes().all(|b| b.is_ascii_hexdigit()))
             .map(|e| format!("\"{e}\""))
             .ok_or("no etag in the metadata")?;
+        let source_etag = meta
+            .and_then(|m| m.get(SOURCE_ETAG))
+            .filter(|e| !e.is_empty() && e.len() <= 256 && e.is_ascii())
+            .cloned();
         let declared = out.content_length().unwrap_or(0).max(0) as u64;
         if declared > self.max_bytes {
             return Err(format!("{declared} bytes, over cache.max_object_bytes"));
@@ -306,6 +313,7 @@ impl Results {
             body: buf.to_vec(),
             mime,
             etag,
+            source_etag,
         })))
     }
 
@@ -325,6 +333,7 @@ impl Results {
             body: rendered.body.clone(),
             mime: rendered.mime,
             etag: rendered.etag.trim_matches('"').to_string(),
+            source_etag: rendered.source_etag.clone(),
             created,
         });
     }
@@ -412,7 +421,7 @@ enum Lookup {
 }
 
 async fn put(bucket: &Bucket, p: Put) {
-    let sent = bucket
+    let mut req = bucket
         .client()
         .await
         .put_object()
@@ -420,10 +429,11 @@ async fn put(bucket: &Bucket, p: Put) {
         .key(&p.key)
         .content_type(p.mime)
         .metadata(CREATED, stamp(p.created))
-        .metadata(ETAG, &p.etag)
-        .body(ByteStream::from(p.body))
-        .send()
-        .await;
+        .metadata(ETAG, &p.etag);
+    if let Some(tag) = &p.source_etag {
+        req = req.metadata(SOURCE_ETAG, tag);
+    }
+    let sent = req.body(ByteStream::from(p.body)).send().await;
     let label = match &sent {
         Ok(_) => "ok",
         Err(e) => {

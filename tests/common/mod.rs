@@ -2,7 +2,8 @@
 //! real `imgedge` binary started against it with a per-test config, ports and directories.
 //!
 //! The S3 server counts GetObject calls per key, which is how tests prove coalescing and that
-//! hits never reach the origin. Two fault switches exist for what a real server will not do on
+//! hits never reach the origin. It answers a conditional GetObject (`If-None-Match`) as S3
+//! does, 304 without a body while the object's ETag matches, and counts those answers. Two fault switches exist for what a real server will not do on
 //! demand: a key containing `slow` answers after [`S3Server::set_delay`], and a key containing
 //! `fail` answers 500.
 #![allow(dead_code)]
@@ -51,6 +52,7 @@ pub fn read(name: &str) -> Vec<u8> {
 #[derive(Default)]
 struct Counters {
     gets: Mutex<HashMap<String, u64>>,
+    not_modified: AtomicU64,
     delay_ms: AtomicU64,
     failing: Mutex<Vec<String>>,
     denied: Mutex<Vec<String>>,
@@ -88,7 +90,18 @@ impl S3 for CountingFs {
             // What S3 answers for a missing key to a role without s3:ListBucket.
             return Err(s3_error!(AccessDenied, "Access Denied"));
         }
-        self.inner.get_object(req).await
+        // s3s-fs ignores If-None-Match; S3 answers 304 while the ETag matches.
+        let condition = req.input.if_none_match.clone();
+        let out = self.inner.get_object(req).await?;
+        let unchanged = match (&condition, &out.output.e_tag) {
+            (Some(c), Some(tag)) => c.is_any() || c.as_etag().is_some_and(|e| e.weak_cmp(tag)),
+            _ => false,
+        };
+        if unchanged {
+            self.counters.not_modified.fetch_add(1, Ordering::Relaxed);
+            return Err(s3_error!(NotModified));
+        }
+        Ok(out)
     }
 
     async fn head_bucket(
@@ -225,6 +238,11 @@ impl S3Server {
             .filter(|(k, _)| k.ends_with(&format!("/{id}")))
             .map(|(_, n)| n)
             .sum()
+    }
+
+    /// Conditional GetObject calls answered 304 Not Modified, all keys.
+    pub fn not_modified(&self) -> u64 {
+        self.counters.not_modified.load(Ordering::Relaxed)
     }
 
     /// GetObject calls so far, all keys.

@@ -16,7 +16,6 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use bytes::Bytes;
 use moka::future::Cache;
 use once_cell::sync::Lazy;
 use prometheus::{IntCounterVec, IntGauge, Opts};
@@ -24,8 +23,11 @@ use prometheus::{IntCounterVec, IntGauge, Opts};
 use crate::cache::purge::PurgeLog;
 use crate::error::Error;
 
+use super::Original;
+
 struct Entry {
-    bytes: Bytes,
+    /// The original and its tag at the source (kept: variants' `ETag`s derive from it).
+    original: Original,
     /// When the fetch that produced it began (compared with purge records).
     fetch_began: SystemTime,
 }
@@ -53,7 +55,7 @@ impl SourceCache {
             entries: Cache::builder()
                 .max_capacity(bytes)
                 .weigher(|id: &String, e: &Arc<Entry>| {
-                    u32::try_from(id.len() + e.bytes.len()).unwrap_or(u32::MAX)
+                    u32::try_from(id.len() + e.original.bytes.len()).unwrap_or(u32::MAX)
                 })
                 .time_to_live(ttl)
                 .build(),
@@ -71,16 +73,28 @@ impl SourceCache {
         self.purges.is_some_and(|p| p.is_purged(id, e.fetch_began))
     }
 
+    /// Keep `original`, fetched outside [`Self::get_or_fetch`] by a fetch that began at `began`
+    /// (a conditional one that found it changed), unless a purge of `id` overtook that fetch.
+    pub async fn insert(&self, id: &str, original: Original, began: SystemTime) {
+        let entry = Arc::new(Entry {
+            original,
+            fetch_began: began,
+        });
+        if !self.purged(id, &entry) {
+            self.entries.insert(id.to_string(), entry).await;
+        }
+    }
+
     /// The original of `id`: from the cache, from a fetch of the same id already in flight, or
     /// from `fetch` (called at most twice: again only when a purge overtook the first fetch).
     pub async fn get_or_fetch<F, Fut>(
         &self,
         id: &str,
         mut fetch: F,
-    ) -> Result<(Bytes, Lookup), Error>
+    ) -> Result<(Original, Lookup), Error>
     where
         F: FnMut() -> Fut,
-        Fut: Future<Output = Result<Bytes, Error>>,
+        Fut: Future<Output = Result<Original, Error>>,
     {
         for _ in 0..2 {
             let began = SystemTime::now();
@@ -90,9 +104,9 @@ impl SourceCache {
                 .entries
                 .entry_by_ref(id)
                 .or_try_insert_with(async move {
-                    let bytes = fut.await?;
+                    let original = fut.await?;
                     Ok::<_, Error>(Arc::new(Entry {
-                        bytes,
+                        original,
                         fetch_began: began,
                     }))
                 })
@@ -113,16 +127,16 @@ impl SourceCache {
             m.bytes.set(self.entries.weighted_size() as i64);
             return Ok(if fresh {
                 m.lookups.with_label_values(&["miss"]).inc();
-                (value.bytes.clone(), Lookup::Fetched(started.elapsed()))
+                (value.original.clone(), Lookup::Fetched(started.elapsed()))
             } else {
                 m.lookups.with_label_values(&["hit"]).inc();
-                (value.bytes.clone(), Lookup::Hit)
+                (value.original.clone(), Lookup::Hit)
             });
         }
         // A purge overtook two fetches in a row: serve this fetch, keep nothing.
         let started = Instant::now();
-        let bytes = fetch().await?;
-        Ok((bytes, Lookup::Fetched(started.elapsed())))
+        let original = fetch().await?;
+        Ok((original, Lookup::Fetched(started.elapsed())))
     }
 }
 
@@ -159,12 +173,17 @@ fn source_cache_metrics() -> &'static SourceCacheMetrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    async fn counting(calls: &AtomicUsize, body: &'static [u8]) -> Result<Bytes, Error> {
+    fn original(bytes: Bytes) -> Original {
+        Original { bytes, etag: None }
+    }
+
+    async fn counting(calls: &AtomicUsize, body: &'static [u8]) -> Result<Original, Error> {
         calls.fetch_add(1, Ordering::SeqCst);
         tokio::time::sleep(Duration::from_millis(20)).await;
-        Ok(Bytes::from_static(body))
+        Ok(original(Bytes::from_static(body)))
     }
 
     #[tokio::test]
@@ -173,7 +192,9 @@ mod tests {
         let calls = AtomicUsize::new(0);
         let lookups = (0..10).map(|_| cache.get_or_fetch("a", || counting(&calls, b"one")));
         let got = futures::future::join_all(lookups).await;
-        assert!(got.iter().all(|r| r.as_ref().unwrap().0 == b"one"[..]));
+        assert!(got
+            .iter()
+            .all(|r| r.as_ref().unwrap().0.bytes == b"one"[..]));
         assert_eq!(
             got.iter()
                 .filter(|r| matches!(r.as_ref().unwrap().1, Lookup::Fetched(_)))
@@ -200,7 +221,7 @@ mod tests {
             .get_or_fetch("a", || counting(&calls, b"ok"))
             .await
             .unwrap();
-        assert_eq!(&b[..], b"ok");
+        assert_eq!(&b.bytes[..], b"ok");
         assert_eq!(calls.load(Ordering::SeqCst), 1);
     }
 
@@ -222,13 +243,13 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(
-            (&b[..], matches!(how, Lookup::Fetched(_))),
+            (&b.bytes[..], matches!(how, Lookup::Fetched(_))),
             (&b"new"[..], true)
         );
         // A fetch that began before the purge and ends after it is not kept either.
         let slow = cache.get_or_fetch("b", || async {
             tokio::time::sleep(Duration::from_millis(100)).await;
-            Ok(Bytes::from_static(b"old"))
+            Ok(original(Bytes::from_static(b"old")))
         });
         let purge = async {
             tokio::time::sleep(Duration::from_millis(30)).await;
@@ -236,7 +257,7 @@ mod tests {
         };
         let (r, ()) = tokio::join!(slow, purge);
         // The first fetch was overtaken; the answer comes from a second fetch (same closure).
-        assert_eq!(&r.unwrap().0[..], b"old");
+        assert_eq!(&r.unwrap().0.bytes[..], b"old");
         let (_, how) = cache
             .get_or_fetch("b", || counting(&calls, b"new"))
             .await
@@ -251,7 +272,7 @@ mod tests {
         for i in 0..100 {
             let id = format!("id{i}");
             cache
-                .get_or_fetch(&id, || async { Ok(Bytes::from(vec![0u8; 1000])) })
+                .get_or_fetch(&id, || async { Ok(original(Bytes::from(vec![0u8; 1000]))) })
                 .await
                 .unwrap();
         }

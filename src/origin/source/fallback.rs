@@ -9,11 +9,10 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bytes::Bytes;
 use once_cell::sync::Lazy;
 use prometheus::{IntCounterVec, Opts};
 
-use super::{Source, SourceError};
+use super::{Fetched, Source, SourceError};
 
 /// Two sources tried in order; see the module docs for when the second is asked.
 pub struct Fallback {
@@ -42,9 +41,10 @@ static BY_BUCKET: Lazy<IntCounterVec> = Lazy::new(|| {
     c
 });
 
-fn label(r: &Result<Bytes, SourceError>) -> &'static str {
+fn label(r: &Result<Fetched, SourceError>) -> &'static str {
     match r {
-        Ok(_) => "ok",
+        Ok(Fetched::Body(_)) => "ok",
+        Ok(Fetched::NotModified) => "not_modified",
         Err(SourceError::NotFound) => "not_found",
         Err(SourceError::TooLarge { .. }) => "too_large",
         Err(SourceError::Timeout) => "timeout",
@@ -75,10 +75,20 @@ impl Fallback {
 
 #[async_trait]
 impl Source for Fallback {
-    async fn fetch(&self, key: &str, max_bytes: u64) -> Result<Bytes, SourceError> {
-        let first = tokio::time::timeout(self.after, self.primary.fetch(key, max_bytes))
-            .await
-            .unwrap_or(Err(SourceError::Timeout));
+    async fn fetch(
+        &self,
+        key: &str,
+        max_bytes: u64,
+        if_none_match: Option<&str>,
+    ) -> Result<Fetched, SourceError> {
+        // A replica keeps the object's ETag (S3 replication copies it), so the same
+        // validator goes to either bucket.
+        let first = tokio::time::timeout(
+            self.after,
+            self.primary.fetch(key, max_bytes, if_none_match),
+        )
+        .await
+        .unwrap_or(Err(SourceError::Timeout));
         BY_BUCKET
             .with_label_values(&[&self.primary_bucket, label(&first)])
             .inc();
@@ -90,7 +100,7 @@ impl Source for Fallback {
         if let SourceError::Failed(msg) = &first_err {
             tracing::warn!(bucket = %self.primary_bucket, key, "primary failed, trying the fallback: {msg}");
         }
-        let second = self.secondary.fetch(key, max_bytes).await;
+        let second = self.secondary.fetch(key, max_bytes, if_none_match).await;
         BY_BUCKET
             .with_label_values(&[&self.secondary_bucket, label(&second)])
             .inc();
@@ -117,7 +127,9 @@ impl Source for Fallback {
 
 #[cfg(test)]
 mod tests {
+    use super::super::Original;
     use super::*;
+    use bytes::Bytes;
     use std::sync::atomic::{AtomicU32, Ordering};
     use std::sync::Arc;
 
@@ -126,9 +138,9 @@ mod tests {
 
     #[async_trait]
     impl Source for Fixed {
-        async fn fetch(&self, _: &str, _: u64) -> Result<Bytes, SourceError> {
+        async fn fetch(&self, _: &str, _: u64, _: Option<&str>) -> Result<Fetched, SourceError> {
             self.1.fetch_add(1, Ordering::Relaxed);
-            (self.0)()
+            (self.0)().map(|bytes| Fetched::Body(Original { bytes, etag: None }))
         }
         fn kind(&self) -> &'static str {
             "fixed"
@@ -161,7 +173,7 @@ mod tests {
         let big = || Err(SourceError::TooLarge { size: 9, limit: 1 });
 
         let (f, asked) = pair(ok, missing);
-        assert!(f.fetch("k", 10).await.is_ok());
+        assert!(f.fetch("k", 10, None).await.is_ok());
         assert_eq!(
             asked.load(Ordering::Relaxed),
             0,
@@ -169,24 +181,27 @@ mod tests {
         );
 
         let (f, _) = pair(missing, ok);
-        assert!(f.fetch("k", 10).await.is_ok());
+        assert!(f.fetch("k", 10, None).await.is_ok());
         let (f, _) = pair(failing, ok);
-        assert!(f.fetch("k", 10).await.is_ok());
+        assert!(f.fetch("k", 10, None).await.is_ok());
         let (f, _) = pair(missing, missing);
-        assert!(matches!(f.fetch("k", 10).await, Err(SourceError::NotFound)));
+        assert!(matches!(
+            f.fetch("k", 10, None).await,
+            Err(SourceError::NotFound)
+        ));
         let (f, _) = pair(failing, missing);
         assert!(matches!(
-            f.fetch("k", 10).await,
+            f.fetch("k", 10, None).await,
             Err(SourceError::Failed(_))
         ));
         let (f, _) = pair(missing, failing);
         assert!(matches!(
-            f.fetch("k", 10).await,
+            f.fetch("k", 10, None).await,
             Err(SourceError::Failed(_))
         ));
         let (f, asked) = pair(big, ok);
         assert!(matches!(
-            f.fetch("k", 10).await,
+            f.fetch("k", 10, None).await,
             Err(SourceError::TooLarge { .. })
         ));
         assert_eq!(asked.load(Ordering::Relaxed), 0);

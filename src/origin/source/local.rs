@@ -6,7 +6,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use tokio::io::AsyncReadExt;
 
-use super::{Source, SourceError};
+use super::{Fetched, Original, Source, SourceError};
 
 /// Reads `root/<key>`. Keys come from validated ids (no `..`, no empty segment) and a validated
 /// template, so they cannot leave `root`.
@@ -23,7 +23,12 @@ impl LocalSource {
 
 #[async_trait]
 impl Source for LocalSource {
-    async fn fetch(&self, key: &str, max_bytes: u64) -> Result<Bytes, SourceError> {
+    async fn fetch(
+        &self,
+        key: &str,
+        max_bytes: u64,
+        if_none_match: Option<&str>,
+    ) -> Result<Fetched, SourceError> {
         // Defence in depth behind id and template validation: only plain components, so no key
         // can be absolute or climb out of root.
         if !std::path::Path::new(key)
@@ -47,6 +52,10 @@ impl Source for LocalSource {
         if !meta.is_file() {
             return Err(SourceError::NotFound);
         }
+        let etag = file_etag(&meta);
+        if if_none_match == Some(etag.as_str()) {
+            return Ok(Fetched::NotModified);
+        }
         if meta.len() > max_bytes {
             return Err(SourceError::TooLarge {
                 size: meta.len(),
@@ -65,7 +74,10 @@ impl Source for LocalSource {
                 limit: max_bytes,
             });
         }
-        Ok(Bytes::from(buf))
+        Ok(Fetched::Body(Original {
+            bytes: Bytes::from(buf),
+            etag: Some(etag),
+        }))
     }
 
     fn kind(&self) -> &'static str {
@@ -84,6 +96,17 @@ impl Source for LocalSource {
     }
 }
 
+/// A weak validator from the file's size and modification time (nanoseconds where the file
+/// system keeps them): cheap (no read), and any rewrite through a normal write changes it.
+fn file_etag(meta: &std::fs::Metadata) -> String {
+    let mtime = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos());
+    format!("W/\"{:x}-{:x}\"", meta.len(), mtime)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -96,15 +119,40 @@ mod tests {
         std::fs::create_dir(dir.path().join("sub")).unwrap();
         for key in ["../in.jpg", "/etc/passwd", "a/../../in.jpg", "./../in.jpg"] {
             assert!(
-                matches!(src.fetch(key, 1 << 20).await, Err(SourceError::NotFound)),
+                matches!(
+                    src.fetch(key, 1 << 20, None).await,
+                    Err(SourceError::NotFound)
+                ),
                 "{key}"
             );
         }
         let src = LocalSource::new(dir.path().to_path_buf());
-        assert_eq!(src.fetch("in.jpg", 1 << 20).await.unwrap().as_ref(), b"x");
+        let got = src.fetch("in.jpg", 1 << 20, None).await.unwrap();
+        assert_eq!(got.into_body().unwrap().bytes.as_ref(), b"x");
         assert!(matches!(
-            src.fetch("in.jpg", 0).await,
+            src.fetch("in.jpg", 0, None).await,
             Err(SourceError::TooLarge { .. })
         ));
+    }
+
+    #[tokio::test]
+    async fn a_file_revalidates_until_it_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.jpg");
+        std::fs::write(&path, b"one").unwrap();
+        let src = LocalSource::new(dir.path().to_path_buf());
+        let first = src.fetch("a.jpg", 1 << 20, None).await.unwrap();
+        let tag = first.into_body().unwrap().etag.unwrap();
+        assert!(tag.starts_with("W/\""), "{tag}");
+        assert!(matches!(
+            src.fetch("a.jpg", 1 << 20, Some(&tag)).await,
+            Ok(Fetched::NotModified)
+        ));
+        // Another size (whatever the file system's mtime resolution): a new tag and the bytes.
+        std::fs::write(&path, b"longer").unwrap();
+        let again = src.fetch("a.jpg", 1 << 20, Some(&tag)).await.unwrap();
+        let again = again.into_body().expect("changed: the bytes");
+        assert_eq!(again.bytes.as_ref(), b"longer");
+        assert_ne!(again.etag.as_deref(), Some(tag.as_str()));
     }
 }

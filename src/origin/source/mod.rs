@@ -50,11 +50,49 @@ impl From<SourceError> for Error {
     }
 }
 
+/// An original as fetched: its bytes and the source's validator for them.
+#[derive(Debug, Clone)]
+pub struct Original {
+    /// The whole object.
+    pub bytes: Bytes,
+    /// The source's entity tag, quoted as in HTTP (S3's `ETag`; a weak tag from a file's size
+    /// and mtime). Equal tags mean equal bytes, so a variant's tag can be derived from it
+    /// before any work, and a later fetch can ask "changed since?" with it. `None` when the
+    /// source gave none.
+    pub etag: Option<String>,
+}
+
+/// What a fetch found.
+#[derive(Debug)]
+pub enum Fetched {
+    /// The object (it changed, or the fetch was unconditional).
+    Body(Original),
+    /// The object still has the tag the fetch was conditional on; nothing was transferred.
+    NotModified,
+}
+
+impl Fetched {
+    /// The original, when the fetch brought one.
+    pub fn into_body(self) -> Option<Original> {
+        match self {
+            Fetched::Body(o) => Some(o),
+            Fetched::NotModified => None,
+        }
+    }
+}
+
 /// A store of originals, addressed by object key.
 #[async_trait]
 pub trait Source: Send + Sync {
-    /// Fetch the whole object, refusing it when larger than `max_bytes`.
-    async fn fetch(&self, key: &str, max_bytes: u64) -> Result<Bytes, SourceError>;
+    /// Fetch the whole object, refusing it when larger than `max_bytes`. With `if_none_match`
+    /// (an [`Original::etag`] from an earlier fetch) the source answers
+    /// [`Fetched::NotModified`] instead of the bytes when the object still has that tag.
+    async fn fetch(
+        &self,
+        key: &str,
+        max_bytes: u64,
+        if_none_match: Option<&str>,
+    ) -> Result<Fetched, SourceError>;
 
     /// A short name for logs and metrics.
     fn kind(&self) -> &'static str;

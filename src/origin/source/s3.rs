@@ -12,12 +12,12 @@ use aws_sdk_s3::config::{Credentials, RequestChecksumCalculation, ResponseChecks
 use aws_sdk_s3::error::{DisplayErrorContext, SdkError};
 use aws_sdk_s3::operation::get_object::GetObjectError;
 use aws_sdk_s3::Client;
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::OnceCell;
 
-use super::{Source, SourceError};
+use super::{Fetched, Original, Source, SourceError};
 use crate::config::{ChecksumMode, S3Config};
 
 /// An S3 bucket as a source of originals.
@@ -56,8 +56,9 @@ impl S3Source {
                 .is_ok()
     }
 
-    fn map_error(&self, key: &str, err: SdkError<GetObjectError>) -> SourceError {
-        match classify(err) {
+    fn map_error(&self, key: &str, err: SdkError<GetObjectError>) -> Result<Fetched, SourceError> {
+        Err(match classify(err) {
+            Classified::NotModified => return Ok(Fetched::NotModified),
             Classified::Denied(_) if self.config.access_denied_is_not_found => {
                 if self.denied_log_due() {
                     tracing::warn!(
@@ -74,7 +75,7 @@ impl S3Source {
             }
             Classified::Denied(msg) => SourceError::Failed(msg),
             Classified::Other(e) => e,
-        }
+        })
     }
 
     async fn client(&self) -> &Client {
@@ -132,7 +133,11 @@ fn https_client() -> aws_sdk_s3::config::SharedHttpClient {
 }
 
 /// A GetObject failure: AccessDenied (decided by config) or anything else.
+#[derive(Debug)]
 enum Classified {
+    /// 304: a conditional GET whose object still has the tag asked about. The SDK reports
+    /// every non-2xx status as an error; this one is an answer.
+    NotModified,
     /// 403 AccessDenied; the message for when it is not taken as not found.
     Denied(String),
     Other(SourceError),
@@ -145,7 +150,9 @@ fn classify(err: SdkError<GetObjectError>) -> Classified {
         SdkError::ServiceError(se) => {
             let status = se.raw().status().as_u16();
             let e = se.into_err();
-            if e.is_no_such_key() || status == 404 {
+            if status == 304 {
+                Classified::NotModified
+            } else if e.is_no_such_key() || status == 404 {
                 Classified::Other(SourceError::NotFound)
             } else if status == 403 && e.meta().code() == Some("AccessDenied") {
                 Classified::Denied(format!("s3 status {status}: {e}"))
@@ -162,16 +169,26 @@ fn classify(err: SdkError<GetObjectError>) -> Classified {
 
 #[async_trait]
 impl Source for S3Source {
-    async fn fetch(&self, key: &str, max_bytes: u64) -> Result<Bytes, SourceError> {
-        let out = self
+    async fn fetch(
+        &self,
+        key: &str,
+        max_bytes: u64,
+        if_none_match: Option<&str>,
+    ) -> Result<Fetched, SourceError> {
+        let sent = self
             .client()
             .await
             .get_object()
             .bucket(&self.config.bucket)
             .key(key)
+            .set_if_none_match(if_none_match.map(str::to_string))
             .send()
-            .await
-            .map_err(|e| self.map_error(key, e))?;
+            .await;
+        let out = match sent {
+            Ok(out) => out,
+            Err(e) => return self.map_error(key, e),
+        };
+        let etag = out.e_tag().map(str::to_string);
         let declared = out.content_length().unwrap_or(0).max(0) as u64;
         if declared > max_bytes {
             return Err(SourceError::TooLarge {
@@ -194,7 +211,10 @@ impl Source for S3Source {
             }
             buf.extend_from_slice(&chunk);
         }
-        Ok(buf.freeze())
+        Ok(Fetched::Body(Original {
+            bytes: buf.freeze(),
+            etag,
+        }))
     }
 
     fn kind(&self) -> &'static str {
@@ -216,6 +236,38 @@ impl Source for S3Source {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What the SDK hands back for S3's answer to a conditional GET of an unchanged object
+    /// (304, no body), and for a missing key.
+    fn service_error(status: u16) -> SdkError<GetObjectError> {
+        use aws_sdk_s3::config::http::HttpResponse;
+        use aws_sdk_s3::primitives::SdkBody;
+        let err =
+            GetObjectError::generic(aws_smithy_types::error::ErrorMetadata::builder().build());
+        let raw = HttpResponse::new(status.try_into().unwrap(), SdkBody::empty());
+        SdkError::service_error(err, raw)
+    }
+
+    #[test]
+    fn a_304_is_an_answer_not_a_failure() {
+        assert!(matches!(
+            classify(service_error(304)),
+            Classified::NotModified
+        ));
+        assert!(matches!(
+            classify(service_error(404)),
+            Classified::Other(SourceError::NotFound)
+        ));
+        let s = S3Source::new(S3Config::default());
+        assert!(matches!(
+            s.map_error("k", service_error(304)),
+            Ok(Fetched::NotModified)
+        ));
+        assert!(matches!(
+            s.map_error("k", service_error(500)),
+            Err(SourceError::Failed(_))
+        ));
+    }
 
     #[test]
     fn access_denied_is_logged_at_most_once_a_minute() {
