@@ -8,6 +8,12 @@ use std::process::Command;
 fn imgedge(args: &[&str]) -> (i32, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_imgedge"))
         .args(args)
+        // conf/production.yaml reads the cluster secret from the environment, as the unit's
+        // EnvironmentFile= would provide it.
+        .env(
+            "IMGEDGE_CLUSTER_SECRET",
+            "a-cluster-secret-of-at-least-32-characters",
+        )
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
         .unwrap();

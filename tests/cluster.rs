@@ -554,3 +554,58 @@ async fn a_node_down_during_a_purge_does_not_serve_it_when_back() {
     })
     .await;
 }
+
+/// An owner that answers 5xx (here: its S3 credentials are wrong, so every fill of its own is a
+/// 502) does not fail a request another node can serve: the asking node fills it itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owner_answering_5xx_is_filled_around() {
+    let s3 = s3_with_samples().await;
+    let tiles = ids(&s3, 16);
+    let peers: Vec<String> = (0..2)
+        .map(|_| format!("127.0.0.1:{}", free_port()))
+        .collect();
+    let cluster = |i: usize| {
+        format!(
+            "cluster:\n  listen: {}\n  peers: [{}]\n  secret: {SECRET}\n  health_check_interval: 100ms\n  connect_timeout: 300ms\n",
+            peers[i],
+            peers.join(", ")
+        )
+    };
+    let broken = Imgedge::start_with(&s3_config(&s3, "not-the-secret"), &cluster(0)).await;
+    let good = Imgedge::start(&s3, &cluster(1)).await;
+    eventually("the broken node healthy on the ring", || async {
+        let ring = membership(&good, None).await;
+        ring["members"]
+            .as_array()
+            .is_some_and(|m| m.len() == 2 && m.iter().all(|m| m["healthy"] == true))
+    })
+    .await;
+    let mut owned_by_broken = Vec::new();
+    for id in &tiles {
+        if membership(&good, Some(id)).await["home"] == peers[0].as_str() {
+            owned_by_broken.push(id.clone());
+        }
+    }
+    assert!(
+        !owned_by_broken.is_empty(),
+        "no id of 16 lands on the first node"
+    );
+    // The owner really fails them.
+    let id = &owned_by_broken[0];
+    assert_eq!(
+        broken.get(&format!("/image/{id}?size=60x")).await.status(),
+        502
+    );
+    for id in &owned_by_broken {
+        let r = good.get(&format!("/image/{id}?size=50x")).await;
+        assert_eq!(r.status(), 200, "{id}: {}", x_cache(&r));
+        assert_eq!(dims(&r.bytes().await.unwrap()).0, 50);
+    }
+    let fell_back = good
+        .metric(
+            "imgedge_cluster_peer_requests_total",
+            &[("peer", &peers[0]), ("result", "fallback")],
+        )
+        .await;
+    assert_eq!(fell_back, owned_by_broken.len() as f64);
+}

@@ -5,9 +5,10 @@
 //! pingora-cache, its lock, stale and Range work unchanged on the asking node, which caches the
 //! owner's answer like any origin answer; the owner runs its normal fill.
 //!
-//! Failure never fails the request: a refused or timed-out connect, or an owner that breaks off
-//! before anything was sent to the client, marks the attempt failed ([`FillState::failed`]), asks
-//! Pingora to retry, and the retry's `upstream_peer` picks the local origin.
+//! Failure never fails the request: a refused or timed-out connect, an owner that breaks off
+//! before anything was sent to the client, or an owner answering 5xx (its S3 failing, its
+//! resize pool full: [`FillState::refuses`]) marks the attempt failed ([`FillState::failed`]),
+//! asks Pingora to retry, and the retry's `upstream_peer` picks the local origin.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -85,6 +86,13 @@ impl FillState {
         self.owner_cache = resp
             .remove_header("x-cache")
             .and_then(|v| v.to_str().ok().map(str::to_string));
+    }
+
+    /// Whether an answer with `status` from the owner is to be refused and filled locally:
+    /// a 5xx says the owner could not make the object (its source failing, its pool busy),
+    /// not that the object cannot be made; this node's own origin may well make it.
+    pub fn refuses(&self, status: http::StatusCode) -> bool {
+        self.asked.is_some() && status.is_server_error()
     }
 
     /// Asking the owner failed (`nothing_sent`: no response header went to the client yet).

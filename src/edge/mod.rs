@@ -452,6 +452,13 @@ impl ProxyHttp for Edge {
         if let Some(v) = upstream.remove_header(&SERVER_TIMING) {
             ctx.timings = Timings::parse(v.to_str().unwrap_or(""));
         }
+        if ctx.fill.refuses(upstream.status) {
+            // error_while_proxy turns this into a retry against the local origin.
+            return Err(PError::explain(
+                ErrorType::HTTPStatus(upstream.status.as_u16()),
+                "the owner answered a server error",
+            ));
+        }
         ctx.fill.answered(upstream);
         Ok(())
     }
