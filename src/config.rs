@@ -690,6 +690,8 @@ pub struct DiskConfig {
     pub fsync: bool,
     /// Disk writes allowed in flight; a fill that finds the queue full is kept in memory only.
     pub write_queue: usize,
+    /// Disk reads allowed in flight (each a blocking thread); more wait their turn.
+    pub read_concurrency: usize,
     /// How often the eviction state is saved (it is also saved at shutdown).
     #[serde(with = "humantime_serde")]
     pub save_interval: Duration,
@@ -702,6 +704,7 @@ impl Default for DiskConfig {
             max_bytes: ByteSize::gib(10),
             fsync: true,
             write_queue: 256,
+            read_concurrency: 64,
             save_interval: Duration::from_secs(60),
         }
     }
@@ -1196,6 +1199,12 @@ impl Config {
             }
             if disk.write_queue == 0 {
                 return Err(invalid("cache.disk.write_queue", "must be at least 1"));
+            }
+            if disk.read_concurrency == 0 || disk.read_concurrency > 1024 {
+                return Err(invalid(
+                    "cache.disk.read_concurrency",
+                    "must be in 1..=1024",
+                ));
             }
             if disk.save_interval < Duration::from_secs(1) {
                 return Err(invalid("cache.disk.save_interval", "must be at least 1s"));

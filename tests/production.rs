@@ -6,6 +6,8 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{dev_certs, eventually, free_port, read, tls_client, Imgedge, S3Server};
@@ -575,6 +577,139 @@ async fn slow_and_oversized_requests_are_cut_off() {
         .unwrap();
     assert_eq!(r.status(), 431);
     assert!(r.text().await.unwrap().contains("too large"));
+}
+
+/// Issue 13 item 10: an HTTP/2 connection gets the header deadline too. A client that opens
+/// h2 and never sends a request, or trickles a HEADERS frame, is cut off at
+/// `edge.header_timeout`, not left open for the keep-alive timeout (or forever, before the
+/// preface); a normal h2 client keeps its connection between spaced requests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_h2_clients_are_cut_off_at_the_header_deadline() {
+    let s3 = s3_with_kite().await;
+    let certs = dev_certs();
+    let d = certs.path().display();
+    let port = free_port();
+    let node = Imgedge::start(
+        &s3,
+        &format!(
+            "edge:\n  header_timeout: 1s\n  keepalive_timeout: 60s\n  tls:\n    listen: [\"127.0.0.1:{port}\"]\n    certificates:\n      - cert: {d}/dev.pem\n        key: {d}/dev.key\n"
+        ),
+    )
+    .await;
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    const SETTINGS: &[u8] = &[0, 0, 0, 0x4, 0, 0, 0, 0, 0];
+    // HEADERS on stream 1, END_STREAM | END_HEADERS, 40 bytes of header block announced.
+    const HEADERS: &[u8] = &[0, 0, 40, 0x1, 0x5, 0, 0, 0, 1];
+
+    /// Open h2 over TLS, send `first`, then trickle `trickle` one byte per 250 ms while
+    /// reading. Returns whether the server closed the connection (before the trickle ended
+    /// and within the 10 s a read may wait).
+    fn cut_off(certs: &Path, port: u16, first: &[u8], trickle: &[u8]) -> bool {
+        let mut roots = rustls::RootCertStore::empty();
+        let pem = std::fs::read(certs.join("dev-ca.pem")).unwrap();
+        roots
+            .add(rustls::pki_types::pem::PemObject::from_pem_slice(&pem).unwrap())
+            .unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        cfg.alpn_protocols = vec![b"h2".to_vec()];
+        let conn =
+            rustls::ClientConnection::new(Arc::new(cfg), "localhost".try_into().unwrap()).unwrap();
+        let sock = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let mut tls = rustls::StreamOwned::new(conn, sock);
+        tls.write_all(first).unwrap();
+        tls.flush().unwrap();
+        assert_eq!(tls.conn.alpn_protocol(), Some(&b"h2"[..]));
+        let closed = |r: std::io::Result<usize>| match r {
+            Ok(0) => Some(true),
+            Ok(_) => None, // the server's SETTINGS and ACKs
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                Some(false)
+            }
+            Err(_) => Some(true), // reset
+        };
+        let mut buf = [0u8; 256];
+        for b in trickle {
+            if tls.write_all(&[*b]).and_then(|_| tls.flush()).is_err() {
+                return true;
+            }
+            tls.sock
+                .set_read_timeout(Some(Duration::from_millis(250)))
+                .unwrap();
+            loop {
+                match closed(tls.read(&mut buf)) {
+                    Some(true) => return true,
+                    Some(false) => break,
+                    None => {}
+                }
+            }
+        }
+        tls.sock
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        loop {
+            match closed(tls.read(&mut buf)) {
+                Some(c) => return c,
+                None => continue,
+            }
+        }
+    }
+
+    let p = certs.path().to_path_buf();
+    let silent = [PREFACE, SETTINGS].concat();
+    let trickled = [PREFACE, SETTINGS, HEADERS].concat();
+    let (silent_cut, trickle_cut) = tokio::task::spawn_blocking(move || {
+        (
+            // Preface and SETTINGS, then silence: no request within the deadline.
+            cut_off(&p, port, &silent, &[]),
+            // A header block announced, its 40 bytes trickling (10 s at this pace).
+            cut_off(&p, port, &trickled, &[0x82; 40]),
+        )
+    })
+    .await
+    .unwrap();
+    assert!(
+        silent_cut,
+        "an h2 connection without a request was left open"
+    );
+    assert!(trickle_cut, "a trickling h2 header block was not cut off");
+    assert!(
+        node.metric("imgedge_client_header_timeouts_total", &[])
+            .await
+            >= 2.0
+    );
+
+    // A normal h2 client: spaced requests past the deadline keep their connection (none of
+    // them is counted as cut off).
+    let cut_before = node
+        .metric("imgedge_client_header_timeouts_total", &[])
+        .await;
+    let h2 = tls_client(certs.path(), false, &[], port);
+    for _ in 0..3 {
+        let r = h2
+            .get(format!("https://localhost:{port}/image/{ID}?size=40x"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.version(), reqwest::Version::HTTP_2);
+        assert_eq!(r.status(), 200);
+        r.bytes().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+    }
+    assert_eq!(
+        node.metric("imgedge_client_header_timeouts_total", &[])
+            .await,
+        cut_before
+    );
 }
 
 /// Issue 13 item 2: with a size policy on, `q`, `bg` and re-encodes without `size` are bounded

@@ -301,6 +301,13 @@ impl DiskTier {
         }
     }
 
+    /// Whether the index holds `key` (no I/O). Files the index does not know are not read: a
+    /// file another process wrote during a graceful upgrade is refilled (overwritten and
+    /// indexed) when next requested, or indexed by the next start's directory scan.
+    pub fn knows(&self, key: &HashBinary) -> bool {
+        self.lru.peek(&entry(key))
+    }
+
     /// Read and verify the object stored under `key`. Blocking: call from a blocking thread.
     /// Anything that does not verify is removed and reported as a miss.
     pub fn read(&self, key: &HashBinary) -> Option<CachedObject> {

@@ -76,6 +76,7 @@ impl Cache {
             c.max_object_bytes.as_u64(),
             disk,
             d.write_queue,
+            d.read_concurrency,
         )));
         let lock: &'static CacheKeyLockImpl = Box::leak(CacheLock::new_boxed(c.lock_age_timeout));
         let purges: &'static PurgeLog = Box::leak(Box::new(purges));

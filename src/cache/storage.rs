@@ -33,6 +33,9 @@ pub struct EdgeStorage {
     memory: Arc<MemoryTier>,
     disk: Option<Arc<DiskTier>>,
     write_slots: Arc<Semaphore>,
+    /// Bounds disk reads in flight: each holds one of tokio's blocking threads, whose pool is
+    /// otherwise unbounded in practice (512 threads).
+    read_slots: Arc<Semaphore>,
     max_object: u64,
 }
 
@@ -71,17 +74,20 @@ fn freshness(meta: &CacheMeta) -> &'static str {
 
 impl EdgeStorage {
     /// Storage with a memory tier of `memory_bytes` over `disk`, admitting objects up to
-    /// `max_object` bytes, with at most `write_queue` disk writes in flight.
+    /// `max_object` bytes, with at most `write_queue` disk writes and `read_concurrency` disk
+    /// reads in flight.
     pub fn new(
         memory_bytes: u64,
         max_object: u64,
         disk: Option<DiskTier>,
         write_queue: usize,
+        read_concurrency: usize,
     ) -> Self {
         EdgeStorage {
             memory: Arc::new(MemoryTier::new(memory_bytes)),
             disk: disk.map(Arc::new),
             write_slots: Arc::new(Semaphore::new(write_queue.max(1))),
+            read_slots: Arc::new(Semaphore::new(read_concurrency.max(1))),
             max_object,
         }
     }
@@ -124,13 +130,21 @@ impl EdgeStorage {
         });
     }
 
-    /// Read `key` from disk on a blocking thread.
+    /// Read `key` from disk on a blocking thread, if the disk index knows it: a memory miss of
+    /// a key that was never on disk (every cold miss) costs no thread hop and no syscall.
     async fn read_disk(&self, key: HashBinary) -> Option<CachedObject> {
         let disk = self.disk.clone()?;
-        tokio::task::spawn_blocking(move || disk.read(&key))
-            .await
-            .ok()
-            .flatten()
+        if !disk.knows(&key) {
+            return None;
+        }
+        let permit = self.read_slots.clone().acquire_owned().await.ok()?;
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            disk.read(&key)
+        })
+        .await
+        .ok()
+        .flatten()
     }
 
     /// Remove `key` from every tier; whether any held it.

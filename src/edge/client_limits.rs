@@ -18,7 +18,13 @@
 //! `Connection: close`, see `drain`). A connection in the middle of a response keeps writing,
 //! so it is never idle and is left to finish.
 //!
-//! HTTP/2 connections (ALPN `h2`) are passed through untouched: their frames are not text.
+//! HTTP/2 connections (ALPN `h2`) get the same deadline, found in frames rather than text
+//! ([`H2Scan`]): from the accept until the first request's header block is complete (preface,
+//! SETTINGS, HEADERS + CONTINUATIONs), and for each later header block from its first byte.
+//! Pingora's h2 idle timeout only runs between streams, and a trickled header block (or a
+//! preface that never comes) is not a stream yet, so without this such a connection stayed
+//! open for `edge.keepalive_timeout` or, before the preface, indefinitely. Idle h2 connections
+//! at shutdown are Pingora's business (GOAWAY).
 //!
 //! With `edge.proxy_protocol` on, a plain connection's PROXY header is read here first
 //! ([`super::proxy_protocol`]).
@@ -86,7 +92,7 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for ClientLimits<A> {
             stream
         };
         let stream: Stream = if stream.selected_alpn_proto() == Some(ALPN::H2) {
-            stream
+            Box::new(HeaderDeadline::new(stream, self.header_timeout).h2())
         } else {
             Box::new(
                 HeaderDeadline::new(stream, self.header_timeout).closing_idle_on(shutdown.clone()),
@@ -119,6 +125,8 @@ pub struct HeaderDeadline {
     linger: Option<Pin<Box<Sleep>>>,
     /// When the last byte was read or written.
     last_io: Instant,
+    /// Set on an HTTP/2 connection: where its frames stand (the HTTP/1 fields are then unused).
+    h2: Option<H2Scan>,
 }
 
 impl fmt::Debug for HeaderDeadline {
@@ -143,7 +151,14 @@ impl HeaderDeadline {
             shutdown: None,
             linger: None,
             last_io: Instant::now(),
+            h2: None,
         }
+    }
+
+    /// Read the connection as HTTP/2 frames instead of HTTP/1 text.
+    pub fn h2(mut self) -> Self {
+        self.h2 = Some(H2Scan::default());
+        self
     }
 
     /// Also end the connection at shutdown while it is idle.
@@ -225,7 +240,18 @@ impl AsyncRead for HeaderDeadline {
         let res = Pin::new(&mut this.inner).poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = res {
             let new = &buf.filled()[before..];
-            if !new.is_empty() {
+            if let (Some(scan), false) = (this.h2.as_mut(), new.is_empty()) {
+                scan.feed(new);
+                if scan.pending() {
+                    if this.deadline.is_none() {
+                        this.deadline = Some(Box::pin(tokio::time::sleep_until(
+                            Instant::now() + this.timeout,
+                        )));
+                    }
+                } else if scan.header_blocks > 0 {
+                    this.deadline = None;
+                }
+            } else if !new.is_empty() {
                 this.last_io = Instant::now();
                 if this.deadline.is_none() && this.responded {
                     // The first bytes of the next request on a kept-alive connection.
@@ -276,6 +302,101 @@ impl AsyncWrite for HeaderDeadline {
 
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
+    }
+}
+
+/// HTTP/2's client connection preface.
+const H2_PREFACE_LEN: usize = 24;
+/// Frame types that carry a header block, and the flag that ends one (RFC 9113 §6.2, §6.10).
+const H2_HEADERS: u8 = 0x1;
+const H2_CONTINUATION: u8 = 0x9;
+const H2_END_HEADERS: u8 = 0x4;
+
+/// Follows an HTTP/2 connection's incoming frames far enough to tell whether a request header
+/// is arriving: only frame headers are parsed, payloads are skipped by length.
+#[derive(Debug)]
+struct H2Scan {
+    /// Bytes of the client preface still to come.
+    preface_left: usize,
+    /// The frame header being read, and how much of it has arrived.
+    head: [u8; 9],
+    head_len: usize,
+    /// Payload bytes of the current frame still to come.
+    payload_left: usize,
+    /// The current frame is HEADERS or CONTINUATION, and whether it ends its block.
+    header_frame: bool,
+    ends_block: bool,
+    /// A header block began (HEADERS) and has not ended (END_HEADERS).
+    block_open: bool,
+    /// Header blocks completed.
+    header_blocks: u64,
+}
+
+impl Default for H2Scan {
+    fn default() -> Self {
+        H2Scan {
+            preface_left: H2_PREFACE_LEN,
+            head: [0; 9],
+            head_len: 0,
+            payload_left: 0,
+            header_frame: false,
+            ends_block: false,
+            block_open: false,
+            header_blocks: 0,
+        }
+    }
+}
+
+impl H2Scan {
+    fn feed(&mut self, mut new: &[u8]) {
+        while !new.is_empty() {
+            if self.preface_left > 0 {
+                let n = self.preface_left.min(new.len());
+                self.preface_left -= n;
+                new = &new[n..];
+            } else if self.payload_left > 0 {
+                let n = self.payload_left.min(new.len());
+                self.payload_left -= n;
+                new = &new[n..];
+                if self.payload_left == 0 {
+                    self.frame_done();
+                }
+            } else {
+                let n = (9 - self.head_len).min(new.len());
+                self.head[self.head_len..self.head_len + n].copy_from_slice(&new[..n]);
+                self.head_len += n;
+                new = &new[n..];
+                if self.head_len == 9 {
+                    self.head_len = 0;
+                    let [l0, l1, l2, kind, flags, ..] = self.head;
+                    self.header_frame = kind == H2_HEADERS || kind == H2_CONTINUATION;
+                    self.ends_block = self.header_frame && flags & H2_END_HEADERS != 0;
+                    if kind == H2_HEADERS {
+                        self.block_open = true;
+                    }
+                    self.payload_left = u32::from_be_bytes([0, l0, l1, l2]) as usize;
+                    if self.payload_left == 0 {
+                        self.frame_done();
+                    }
+                }
+            }
+        }
+    }
+
+    fn frame_done(&mut self) {
+        if self.header_frame && self.ends_block && self.block_open {
+            self.block_open = false;
+            self.header_blocks += 1;
+        }
+        self.header_frame = false;
+    }
+
+    /// Part of a preface, a frame header or a header block has arrived and the rest has not.
+    fn pending(&self) -> bool {
+        self.preface_left > 0
+            || self.head_len > 0
+            || (self.header_frame && self.payload_left > 0)
+            || self.block_open
     }
 }
 
@@ -360,6 +481,64 @@ mod tests {
             }
             d.deadline.is_none()
         })
+    }
+
+    /// Feed `chunks` to a fresh scan: (pending after each chunk, header blocks at the end).
+    fn h2_scan(chunks: &[&[u8]]) -> (Vec<bool>, u64) {
+        let mut s = H2Scan::default();
+        let pending = chunks
+            .iter()
+            .map(|c| {
+                s.feed(c);
+                s.pending()
+            })
+            .collect();
+        (pending, s.header_blocks)
+    }
+
+    #[test]
+    fn h2_header_blocks_are_followed_across_frames_and_reads() {
+        const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+        let settings: &[u8] = &[0, 0, 0, 0x4, 0, 0, 0, 0, 0];
+        let headers_end: &[u8] = &[0, 0, 3, 0x1, 0x5, 0, 0, 0, 1, 0x82, 0x84, 0x86];
+        let headers_open: &[u8] = &[0, 0, 1, 0x1, 0x1, 0, 0, 0, 3, 0x82];
+        let continuation_end: &[u8] = &[0, 0, 2, 0x9, 0x4, 0, 0, 0, 3, 0x84, 0x86];
+        let data: &[u8] = &[0, 0, 2, 0x0, 0x1, 0, 0, 0, 1, 7, 7];
+        // Preface in two reads, then SETTINGS: nothing partial, no request yet either (the
+        // accept's deadline stays armed until the first header block).
+        assert_eq!(
+            h2_scan(&[&PREFACE[..10], &PREFACE[10..], settings]),
+            (vec![true, false, false], 0)
+        );
+        // A whole request in one read.
+        let all: Vec<u8> = [PREFACE, settings, headers_end].concat();
+        assert_eq!(h2_scan(&[&all]), (vec![false], 1));
+        // A HEADERS frame split in the frame header and in the payload.
+        assert_eq!(
+            h2_scan(&[
+                PREFACE,
+                &headers_end[..4],
+                &headers_end[4..10],
+                &headers_end[10..]
+            ]),
+            (vec![false, true, true, false], 1)
+        );
+        // HEADERS without END_HEADERS keeps the block open through other bytes until the
+        // CONTINUATION that ends it.
+        assert_eq!(
+            h2_scan(&[
+                PREFACE,
+                headers_open,
+                &continuation_end[..9],
+                &continuation_end[9..]
+            ]),
+            (vec![false, true, true, false], 1)
+        );
+        // A DATA payload arriving slowly is not a header.
+        assert_eq!(
+            h2_scan(&[PREFACE, headers_end, &data[..10], &data[10..]]),
+            (vec![false, false, false, false], 1)
+        );
     }
 
     #[test]
