@@ -299,6 +299,41 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_walk_past_down_nodes_is_bounded_by_the_current_ring_not_the_first() {
+        // The ring starts with this node alone and grows to 200 nodes, of which only this one
+        // and X stay up. Ketama's points depend on each node's address only, so the owner
+        // must be who a two-node ring of {me, X} names: the walk past down nodes has to be
+        // allowed as many steps as the grown ring has points (gaps here exceed 160 points).
+        let me = addr("10.0.0.1:9092");
+        let x = addr("10.0.0.2:9092");
+        let (resolve, answer) = scripted();
+        let d = DnsDiscovery::new("pop-a.internal:9092", me, resolve, Duration::from_secs(5));
+        let lb = Arc::new(PeerRing::from_backends(Backends::new(Box::new(d))));
+        lb.update().await.unwrap();
+        let ring = Ring::new(lb.clone(), me);
+        assert_eq!(ring.members().len(), 1);
+        *answer.lock() = Ok((0..200u32)
+            .map(|i| SocketAddr::from(([10, 0, (i / 250) as u8, (i % 250 + 1) as u8], 9092)))
+            .collect());
+        lb.update().await.unwrap();
+        assert_eq!(ring.members().len(), 200);
+        for b in lb.backends().get_backend().iter() {
+            let a = b.addr.as_inet().copied();
+            if a != Some(me) && a != Some(x) {
+                lb.backends().set_enable(b, false);
+            }
+        }
+        let two = Ring::new(Arc::new(PeerRing::try_from_iter([me, x]).unwrap()), me);
+        let mut peer = 0;
+        for i in 0..3000 {
+            let id = format!("{i:08x}photo.jpg");
+            assert_eq!(ring.owner(&id), two.owner(&id), "{id}");
+            peer += usize::from(two.owner(&id) == Owner::Peer(x));
+        }
+        assert!(peer > 1000, "{peer} of 3000 owned by X");
+    }
+
+    #[tokio::test]
     async fn the_ring_follows_membership_and_only_a_joining_node_takes_keys() {
         let me = addr("10.0.1.5:9092");
         let (resolve, answer) = scripted();
