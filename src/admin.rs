@@ -8,7 +8,8 @@
 //! - `GET /metrics`: Prometheus text.
 //! - `POST /purge/image/{id}`: every cached variant of an id (recorded in the purge log; no scan).
 //! - `POST /purge/url/image/{id}?size=...`: the one variant that public URL names.
-//! - `GET /cluster[?id=...]`: the ring's members and their health (and an id's owner).
+//! - `GET /cluster[?id=...]`: the ring's current members and their health, where the
+//!   membership comes from (`cluster.peers` or `cluster.peers_dns`), and an id's owner.
 //!
 //! With `origin.results`, a purge also deletes the id's results (or the URL's one result) from
 //! the shared result tier.

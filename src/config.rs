@@ -805,12 +805,19 @@ impl MirrorConfig {
 pub struct ClusterConfig {
     /// The peer listener (node-to-node HTTP); `None` keeps the node alone (no cluster).
     pub listen: Option<SocketAddr>,
-    /// This node's entry in `peers` (the address the others reach its peer listener at);
+    /// This node's entry on the ring (the address the others reach its peer listener at);
     /// defaults to `listen`.
     #[serde(rename = "self")]
     pub self_addr: Option<SocketAddr>,
-    /// Every node's peer listener, this one included; the same list on every node.
+    /// Every node's peer listener, this one included; the same list on every node. Exactly one
+    /// of `peers` and `peers_dns` is set.
     pub peers: Vec<SocketAddr>,
+    /// `host:port`: a DNS name whose addresses are the POP's nodes (each at `port`), re-resolved
+    /// every `dns_interval` (see [`crate::cluster::discovery`]).
+    pub peers_dns: Option<String>,
+    /// How often `peers_dns` is resolved again; one resolution may take this long at most.
+    #[serde(with = "humantime_serde")]
+    pub dns_interval: Duration,
     /// Shared secret authenticating node-to-node requests (at least 32 characters); inline or
     /// from the environment or a file (see [`crate::secret`]).
     pub secret: Secret,
@@ -862,6 +869,8 @@ impl Default for ClusterConfig {
             listen: None,
             self_addr: None,
             peers: Vec::new(),
+            peers_dns: None,
+            dns_interval: Duration::from_secs(10),
             secret: Secret::default(),
             connect_timeout: Duration::from_millis(500),
             health_check_interval: Duration::from_secs(1),
@@ -880,6 +889,13 @@ impl ClusterConfig {
     /// This node's address on the ring. Valid after [`Config::validate`].
     pub fn me(&self) -> Option<SocketAddr> {
         self.self_addr.or(self.listen)
+    }
+
+    /// The port of `peers_dns` (`host:port`), when it has one.
+    fn dns_port(&self) -> Option<u16> {
+        let (host, port) = self.peers_dns.as_deref()?.rsplit_once(':')?;
+        let port: u16 = port.parse().ok()?;
+        (!host.is_empty() && !host.contains(':') && port != 0).then_some(port)
     }
 
     fn validate(&self, taken: &[SocketAddr], source: SourceKind) -> Result<(), ConfigError> {
@@ -905,10 +921,14 @@ impl ClusterConfig {
             }
         }
         let Some(listen) = self.listen else {
-            if !self.peers.is_empty() || self.self_addr.is_some() || !self.secret.is_empty() {
+            if !self.peers.is_empty()
+                || self.peers_dns.is_some()
+                || self.self_addr.is_some()
+                || !self.secret.is_empty()
+            {
                 return Err(invalid(
                     "cluster.listen",
-                    "must be set when cluster.peers, cluster.self or cluster.secret is",
+                    "must be set when cluster.peers, cluster.peers_dns, cluster.self or cluster.secret is",
                 ));
             }
             return Ok(());
@@ -925,22 +945,51 @@ impl ClusterConfig {
                 "must be set when cluster.listen is a wildcard address",
             ));
         }
-        if self.peers.is_empty() {
-            return Err(invalid(
-                "cluster.peers",
-                "must list every node's peer listener (this one included)",
-            ));
-        }
         let me = self.me().unwrap_or(listen);
-        if !self.peers.contains(&me) {
-            return Err(invalid(
-                "cluster.self",
-                format!("{me} must be one of cluster.peers"),
-            ));
-        }
-        let unique: std::collections::HashSet<_> = self.peers.iter().collect();
-        if unique.len() != self.peers.len() {
-            return Err(invalid("cluster.peers", "lists an address twice"));
+        match (&self.peers_dns, self.peers.is_empty()) {
+            (Some(_), false) => {
+                return Err(invalid(
+                    "cluster.peers_dns",
+                    "set either cluster.peers or cluster.peers_dns, not both",
+                ))
+            }
+            (None, true) => {
+                return Err(invalid(
+                    "cluster.peers",
+                    "must list every node's peer listener (this one included), or set cluster.peers_dns",
+                ))
+            }
+            (Some(_), true) => {
+                let Some(port) = self.dns_port() else {
+                    return Err(invalid(
+                        "cluster.peers_dns",
+                        "must be host:port, a DNS name and the peer listeners' port (e.g. pop-a.internal:9092)",
+                    ));
+                };
+                // The others reach this node at its DNS address and the name's port: an entry
+                // on another port would put this node on its own ring twice.
+                if me.port() != port {
+                    return Err(invalid(
+                        "cluster.self",
+                        format!("{me} must use cluster.peers_dns's port {port} (the address the other nodes see)"),
+                    ));
+                }
+                if self.dns_interval < Duration::from_millis(100) {
+                    return Err(invalid("cluster.dns_interval", "must be at least 100ms"));
+                }
+            }
+            (None, false) => {
+                if !self.peers.contains(&me) {
+                    return Err(invalid(
+                        "cluster.self",
+                        format!("{me} must be one of cluster.peers"),
+                    ));
+                }
+                let unique: std::collections::HashSet<_> = self.peers.iter().collect();
+                if unique.len() != self.peers.len() {
+                    return Err(invalid("cluster.peers", "lists an address twice"));
+                }
+            }
         }
         if self.secret.len() < 32 {
             return Err(invalid(
@@ -1508,6 +1557,40 @@ mod tests {
         assert!(err("cluster:\n  peers: [127.0.0.1:9093]\n").starts_with("cluster.listen:"));
         let ok = format!("{cluster}  secret: {}\n", "s".repeat(32));
         assert!(Config::from_yaml(&ok).unwrap().cluster.enabled());
+
+        // Peers from DNS: exactly one of peers / peers_dns, host:port, self on the name's port.
+        let secret = format!("  secret: {}\n", "s".repeat(32));
+        let dns = |rest: &str| format!("cluster:\n  listen: 127.0.0.1:9092\n{secret}{rest}");
+        let ok = Config::from_yaml(&dns("  peers_dns: pop-a.internal:9092\n")).unwrap();
+        assert_eq!(ok.cluster.peers_dns.as_deref(), Some("pop-a.internal:9092"));
+        assert_eq!(ok.cluster.dns_interval, Duration::from_secs(10));
+        assert!(err(&dns(
+            "  peers_dns: pop-a.internal:9092\n  peers: [127.0.0.1:9092]\n"
+        ))
+        .starts_with("cluster.peers_dns:"));
+        for bad in [
+            "pop-a.internal",
+            ":9092",
+            "pop-a.internal:0",
+            "pop-a.internal:x",
+        ] {
+            assert!(
+                err(&dns(&format!("  peers_dns: \"{bad}\"\n"))).starts_with("cluster.peers_dns:"),
+                "{bad}"
+            );
+        }
+        assert!(err(&dns("  peers_dns: pop-a.internal:9093\n")).starts_with("cluster.self:"));
+        assert!(err(&dns(
+            "  peers_dns: pop-a.internal:9092\n  dns_interval: 10ms\n"
+        ))
+        .starts_with("cluster.dns_interval:"));
+        let wildcard =
+            format!("cluster:\n  listen: 0.0.0.0:9092\n{secret}  peers_dns: pop-a.internal:9092\n");
+        assert!(err(&wildcard).starts_with("cluster.self:"));
+        let with_self = format!("{wildcard}  self: 10.0.1.5:9092\n");
+        let c = Config::from_yaml(&with_self).unwrap().cluster;
+        assert_eq!(c.me(), Some("10.0.1.5:9092".parse().unwrap()));
+        assert!(err("cluster:\n  peers_dns: pop-a.internal:9092\n").starts_with("cluster.listen:"));
     }
 
     #[test]

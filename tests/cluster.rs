@@ -3,7 +3,8 @@
 //! Each node is the real binary with `cluster.peers` listing all three peer listeners. The
 //! tests prove ownership and peer fill (one S3 GET and one resize per variant in the whole POP),
 //! that a SIGKILLed owner never fails a request, that the peer listener only answers the POP,
-//! and that a purge through one node reaches every node.
+//! and that a purge through one node reaches every node. One test takes the membership from a
+//! DNS name (`cluster.peers_dns`) served by a private name service ([`NameService`]).
 
 mod common;
 
@@ -608,4 +609,208 @@ async fn an_owner_answering_5xx_is_filled_around() {
         )
         .await;
     assert_eq!(fell_back, owned_by_broken.len() as f64);
+}
+
+/// The POP's DNS name in [`NameService`].
+const POP_NAME: &str = "pop.imgedge.test";
+
+/// A private name service for the nodes of a test: each node runs in its own mount namespace
+/// (`unshare`, no root needed) where `/etc/hosts` is this test's file and `nsswitch.conf` says
+/// `hosts: files`, so the binary's real resolver (`getaddrinfo`) answers `POP_NAME` with what
+/// the test writes, and a name taken out of the file fails at once. Rewriting the file in place
+/// is a DNS change the running nodes see at their next resolution; nothing outside changes.
+struct NameService {
+    dir: tempfile::TempDir,
+}
+
+impl NameService {
+    fn new() -> NameService {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("nsswitch.conf"), "hosts: files\n").unwrap();
+        let ns = NameService { dir };
+        ns.set(&[]);
+        ns
+    }
+
+    /// `POP_NAME` now resolves to `addrs` (none: the name does not resolve).
+    fn set(&self, addrs: &[&str]) {
+        let mut hosts = String::from("127.0.0.1 localhost\n");
+        for a in addrs {
+            hosts.push_str(&format!("{a} {POP_NAME}\n"));
+        }
+        // In place (one write on the same inode): the bind mounts see the new contents.
+        std::fs::write(self.dir.path().join("hosts"), hosts).unwrap();
+    }
+
+    /// The command that runs a binary under this name service.
+    fn wrapper(&self) -> Vec<String> {
+        let file = |name: &str| self.dir.path().join(name).display().to_string();
+        vec![
+            "unshare".into(),
+            "-rm".into(),
+            "sh".into(),
+            "-c".into(),
+            r#"mount --bind "$1" /etc/hosts && mount --bind "$2" /etc/nsswitch.conf && shift 2 && exec "$@""#.into(),
+            "imgedge-ns".into(),
+            file("hosts"),
+            file("nsswitch.conf"),
+        ]
+    }
+}
+
+/// A port free on both 127.0.0.1 and ::1 (the two nodes share it, as DNS gives one port).
+fn port_on_both_loopbacks() -> u16 {
+    loop {
+        let port = free_port();
+        if std::net::TcpListener::bind(("::1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// The addresses on the node's ring, sorted.
+async fn ring_nodes(node: &Imgedge) -> Vec<String> {
+    let ring = membership(node, None).await;
+    let mut nodes: Vec<String> = ring["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["node"].as_str().unwrap().to_string())
+        .collect();
+    nodes.sort();
+    nodes
+}
+
+async fn all_healthy(node: &Imgedge, want: &[String]) -> bool {
+    let ring = membership(node, None).await;
+    let members = ring["members"].as_array().unwrap();
+    ring_nodes(node).await == want && members.iter().all(|m| m["healthy"] == true)
+}
+
+/// Membership from a DNS name (`cluster.peers_dns`), through the real resolver: two nodes on
+/// 127.0.0.1:P and [::1]:P behind one name. A node is on its own ring before its record exists;
+/// a record added or removed at run time joins or leaves the ring of the running nodes; one
+/// variant then costs one S3 GET and one resize in the POP; a name that stops resolving keeps
+/// the last membership (counted); purges go to the current members only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_from_dns_follow_the_name_at_run_time() {
+    let s3 = s3_with_samples().await;
+    let ns = NameService::new();
+    let port = port_on_both_loopbacks();
+    let (a, b) = (format!("127.0.0.1:{port}"), format!("[::1]:{port}"));
+    let config = |me: &str| {
+        format!(
+            "admin:\n  purge_token: {TOKEN}\ncluster:\n  listen: \"{me}\"\n  peers_dns: {POP_NAME}:{port}\n  dns_interval: 100ms\n  secret: {SECRET}\n  health_check_interval: 100ms\n  connect_timeout: 300ms\n"
+        )
+    };
+    let start = |me: String| {
+        let (wrapper, s3) = (ns.wrapper(), &s3);
+        let extra = config(&me);
+        async move { Imgedge::start_wrapped(&wrapper, &s3_config(s3, SECRET_KEY), &extra).await }
+    };
+
+    // Only A's record exists: A is alone; B, not listed yet, is on its own ring with A.
+    ns.set(&["127.0.0.1"]);
+    let na = start(a.clone()).await;
+    assert_eq!(ring_nodes(&na).await, [a.as_str()]);
+    let mut nb = start(b.clone()).await;
+    let both = {
+        let mut v = vec![a.clone(), b.clone()];
+        v.sort();
+        v
+    };
+    assert_eq!(ring_nodes(&nb).await, both, "B is on its own ring");
+    let ring = membership(&na, None).await;
+    assert_eq!(ring["discovery"], "cluster.peers_dns");
+    assert_eq!(ring["peers_dns"], format!("{POP_NAME}:{port}"));
+
+    // B's record is registered: A's running ring takes it in.
+    let changes = na
+        .metric("imgedge_cluster_membership_changes_total", &[])
+        .await;
+    ns.set(&["127.0.0.1", "::1"]);
+    for n in [&na, &nb] {
+        eventually("both nodes on both rings, healthy", || {
+            all_healthy(n, &both)
+        })
+        .await;
+    }
+    assert!(
+        na.metric("imgedge_cluster_membership_changes_total", &[])
+            .await
+            > changes
+    );
+    assert_eq!(na.metric("imgedge_cluster_members", &[]).await, 2.0);
+    let home = membership(&na, Some(KITE)).await["home"].clone();
+    assert_eq!(membership(&nb, Some(KITE)).await["home"], home);
+
+    // One variant through both nodes, concurrently: one S3 GET and one resize in the POP.
+    let url = format!("/image/{KITE}?size=300x200");
+    let results = join_all((0..20).map(|i| {
+        let node = if i % 2 == 0 { &na } else { &nb };
+        let url = url.clone();
+        async move {
+            let r = node.get(&url).await;
+            (r.status().as_u16(), r.bytes().await.unwrap())
+        }
+    }))
+    .await;
+    assert!(results.iter().all(|(s, _)| *s == 200));
+    assert!(results.windows(2).all(|w| w[0].1 == w[1].1));
+    assert_eq!(s3.gets(KITE), 1, "one S3 GET in the POP");
+    assert_eq!(
+        na.transforms().await + nb.transforms().await,
+        1.0,
+        "one resize in the POP"
+    );
+
+    // The name stops resolving: both keep the last membership, and count the failures.
+    let errors_before = na
+        .metric(
+            "imgedge_cluster_dns_resolutions_total",
+            &[("result", "error")],
+        )
+        .await;
+    ns.set(&[]);
+    na.wait_metric(
+        "imgedge_cluster_dns_resolutions_total",
+        &[("result", "error")],
+        errors_before + 2.0,
+    )
+    .await;
+    nb.wait_metric(
+        "imgedge_cluster_dns_resolutions_total",
+        &[("result", "error")],
+        2.0,
+    )
+    .await;
+    assert_eq!(ring_nodes(&na).await, both, "A kept the last membership");
+    assert_eq!(ring_nodes(&nb).await, both, "B kept the last membership");
+    let url = format!("/image/{ASTRO}?size=64x");
+    for n in [&na, &nb, &na, &nb] {
+        assert_eq!(n.get(&url).await.status(), 200);
+    }
+    assert_eq!(s3.gets(ASTRO), 1, "still one cache while DNS is down");
+
+    // Scale-in: B goes and its record with it; A's ring shrinks to itself, and a purge
+    // through A goes to the current members only.
+    nb.kill();
+    ns.set(&["127.0.0.1"]);
+    eventually("B left A's ring", || async {
+        ring_nodes(&na).await == [a.as_str()]
+    })
+    .await;
+    let r = na
+        .client
+        .post(format!("{}/purge/image/{KITE}", na.admin))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let answer: serde_json::Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+    assert_eq!(answer["all_confirmed"], true, "{answer}");
+    let nodes = answer["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 1, "{answer}");
+    assert_eq!(nodes[0]["node"], a.as_str());
 }

@@ -2,7 +2,9 @@
 //! a cluster is built, so a single node's `/metrics` does not list them.
 
 use once_cell::sync::Lazy;
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts};
+use prometheus::{
+    HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+};
 
 /// Per-peer and purge metrics.
 pub struct ClusterMetrics {
@@ -21,6 +23,13 @@ pub struct ClusterMetrics {
     pub purge_peers: IntCounterVec,
     /// From a purge request to the last node's confirmation (or give-up), by scope.
     pub purge_duration: HistogramVec,
+    /// Resolutions of `cluster.peers_dns`, by result (`ok`; `error`, `empty`, `timeout`: the
+    /// last membership was kept).
+    pub dns_resolutions: IntCounterVec,
+    /// Times the DNS membership changed (a node joined or left; the first answer counts once).
+    pub membership_changes: IntCounter,
+    /// Nodes on the ring, this one included.
+    pub members: IntGauge,
 }
 
 static METRICS: Lazy<ClusterMetrics> = Lazy::new(|| {
@@ -48,6 +57,20 @@ static METRICS: Lazy<ClusterMetrics> = Lazy::new(|| {
     )
     .expect("static metric");
     r.register(Box::new(peer_up.clone()))
+        .expect("registered once");
+    let membership_changes = IntCounter::new(
+        "imgedge_cluster_membership_changes_total",
+        "Times the ring's membership changed (a node joined or left)",
+    )
+    .expect("static metric");
+    r.register(Box::new(membership_changes.clone()))
+        .expect("registered once");
+    let members = IntGauge::new(
+        "imgedge_cluster_members",
+        "Nodes on the ring, this one included",
+    )
+    .expect("static metric");
+    r.register(Box::new(members.clone()))
         .expect("registered once");
     ClusterMetrics {
         peer_requests: counter(
@@ -81,6 +104,13 @@ static METRICS: Lazy<ClusterMetrics> = Lazy::new(|| {
             "From a purge request to the last node's confirmation",
             &["scope"],
         ),
+        dns_resolutions: counter(
+            "imgedge_cluster_dns_resolutions_total",
+            "Resolutions of cluster.peers_dns, by result (ok, error, empty, timeout)",
+            &["result"],
+        ),
+        membership_changes,
+        members,
     }
 });
 

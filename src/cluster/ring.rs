@@ -1,12 +1,15 @@
 //! Ownership: which node of the POP owns an image id.
 //!
 //! Every node builds the same Ketama ring (pingora-load-balancing's `KetamaHashing`, nginx's
-//! ketama: CRC32, 160 points per node) over the same `cluster.peers`, and hashes the **image
-//! id** onto it, not the variant, so one node owns every size of an image. Health is applied at
-//! pick time with `select_with`: an unhealthy owner is skipped and the walk goes on to the next
-//! node on the ring. The ring itself is never rebuilt on a health change, so the keys of healthy
-//! nodes never move; only a dead node's keys go (for as long as it is down) to their successors.
-//! This node is always acceptable: it never asks itself over the network.
+//! ketama: CRC32, 160 points per node) over the same membership (`cluster.peers`, or the
+//! addresses of `cluster.peers_dns`, see [`super::discovery`]), and hashes the **image id** onto
+//! it, not the variant, so one node owns every size of an image. Health is applied at pick time
+//! with `select_with`: an unhealthy owner is skipped and the walk goes on to the next node on the
+//! ring. The ring itself is never rebuilt on a health change, so the keys of healthy nodes never
+//! move; only a dead node's keys go (for as long as it is down) to their successors. It is
+//! rebuilt (by the load balancer) only when the membership changes, and Ketama then moves only
+//! the keys of the node that joined or left. This node is always acceptable: it never asks
+//! itself over the network.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -44,7 +47,6 @@ pub struct Member {
 pub struct Ring {
     lb: Arc<PeerRing>,
     me: SocketAddr,
-    max_steps: usize,
 }
 
 fn inet(b: &Backend) -> Option<SocketAddr> {
@@ -54,13 +56,15 @@ fn inet(b: &Backend) -> Option<SocketAddr> {
 impl Ring {
     /// The ring over `lb`'s backends, seen from `me`.
     pub fn new(lb: Arc<PeerRing>, me: SocketAddr) -> Ring {
-        let nodes = lb.backends().get_backend().len().max(1);
-        Ring {
-            lb,
-            me,
-            // Enough steps to visit every point once: the walk always reaches this node.
-            max_steps: nodes * POINTS_PER_NODE + 1,
-        }
+        Ring { lb, me }
+    }
+
+    /// Enough steps to visit every point of the current ring once, so the walk always reaches
+    /// this node. Read at pick time (one atomic load): the membership may change at run time.
+    /// During a rebuild the ring can briefly be larger than this count; a walk cut short then
+    /// ends in `Owner::Me`, which is always safe.
+    fn max_steps(&self) -> usize {
+        self.lb.backends().get_backend().len().max(1) * POINTS_PER_NODE + 1
     }
 
     /// Who fills a miss of `id` now: the first node on the ring from the id's hash that is
@@ -69,7 +73,7 @@ impl Ring {
         let me = self.me;
         let pick = self
             .lb
-            .select_with(id.as_bytes(), self.max_steps, |b, healthy| {
+            .select_with(id.as_bytes(), self.max_steps(), |b, healthy| {
                 healthy || inet(b) == Some(me)
             });
         match pick.as_ref().and_then(inet) {
@@ -81,7 +85,7 @@ impl Ring {
     /// The id's owner when every node is healthy (its place on the ring).
     pub fn home(&self, id: &str) -> Option<SocketAddr> {
         self.lb
-            .select_with(id.as_bytes(), self.max_steps, |_, _| true)
+            .select_with(id.as_bytes(), self.max_steps(), |_, _| true)
             .as_ref()
             .and_then(inet)
     }

@@ -354,8 +354,14 @@ impl Imgedge {
     /// ready (a port taken between [`free_port`] and its bind), it is started again on new
     /// ports, up to three times.
     pub async fn start_with(origin_yaml: &str, extra: &str) -> Imgedge {
+        Self::start_wrapped(&[], origin_yaml, extra).await
+    }
+
+    /// As [`Imgedge::start_with`], with the binary run by `wrapper` (a command and its
+    /// arguments, the binary and its own arguments appended), e.g. in its own mount namespace.
+    pub async fn start_wrapped(wrapper: &[String], origin_yaml: &str, extra: &str) -> Imgedge {
         for attempt in 1.. {
-            match Self::try_start(origin_yaml, extra).await {
+            match Self::try_start(wrapper, origin_yaml, extra).await {
                 Ok(node) => return node,
                 Err(status) if attempt < 3 => {
                     eprintln!("imgedge exited before ready ({status}); retrying on new ports")
@@ -367,6 +373,7 @@ impl Imgedge {
     }
 
     async fn try_start(
+        wrapper: &[String],
         origin_yaml: &str,
         extra: &str,
     ) -> Result<Imgedge, std::process::ExitStatus> {
@@ -382,7 +389,15 @@ impl Imgedge {
         );
         let conf = dir.path().join("imgedge.yaml");
         std::fs::write(&conf, &yaml).unwrap();
-        let child = Command::new(bin())
+        let mut command = match wrapper.split_first() {
+            None => Command::new(bin()),
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(bin());
+                c
+            }
+        };
+        let child = command
             .args(["serve", "-c"])
             .arg(&conf)
             .env(
