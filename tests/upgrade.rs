@@ -74,6 +74,70 @@ impl Drop for Daemon {
     }
 }
 
+/// One paced keep-alive client on a raw socket, as a load generator drives a server (wrk
+/// with a delay): a request every `pace`, a new connection only when an answer says
+/// `Connection: close`, and no retry of any kind. Returns (answered, lost, first losses):
+/// a request written on an open connection that got no whole answer is lost.
+fn paced_client(addr: String, path: String, pace: Duration, stop: Arc<AtomicBool>) -> (u64, u64, Vec<String>) {
+    use std::io::{Read, Write};
+    let (mut answered, mut lost, mut why) = (0u64, 0u64, Vec::new());
+    let mut conn: Option<std::net::TcpStream> = None;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
+    while !stop.load(Ordering::Relaxed) {
+        let s = match conn.as_mut() {
+            Some(s) => s,
+            None => match std::net::TcpStream::connect(&addr) {
+                Ok(s) => {
+                    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                    conn.insert(s)
+                }
+                Err(_) => {
+                    std::thread::sleep(pace);
+                    continue;
+                }
+            },
+        };
+        let mut buf = Vec::new();
+        let outcome = s.write_all(request.as_bytes()).and_then(|_| {
+            let mut chunk = [0u8; 16384];
+            loop {
+                if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .and_then(|v| v.trim().parse().ok())
+                        .unwrap_or(0);
+                    if buf.len() >= end + 4 + len {
+                        return Ok(head.contains("connection: close"));
+                    }
+                }
+                match s.read(&mut chunk)? {
+                    0 => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+                    n => buf.extend_from_slice(&chunk[..n]),
+                }
+            }
+        });
+        match outcome {
+            Ok(close) => {
+                answered += 1;
+                if close {
+                    conn = None;
+                }
+            }
+            Err(e) => {
+                lost += 1;
+                if why.len() < 5 {
+                    why.push(format!("{e} after {} bytes", buf.len()));
+                }
+                conn = None;
+            }
+        }
+        std::thread::sleep(pace);
+    }
+    (answered, lost, why)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_reload_under_load_drops_nothing_and_keeps_the_cache_warm() {
     let s3 = S3Server::start().await;
@@ -187,6 +251,16 @@ async fn a_reload_under_load_drops_nothing_and_keeps_the_cache_warm() {
             errors
         }));
     }
+    // Issue 13 item 13: paced keep-alive clients with no retry (16 connections, a request
+    // every 11 ms each) lost requests across the upgrade: Pingora dropped every connection
+    // waiting for its next request at the instant the old process shut down.
+    let paced: Vec<_> = (0..16)
+        .map(|i| {
+            let (addr, stop) = (format!("127.0.0.1:{port}"), stop.clone());
+            let path = format!("/image/{ID}?size={}x", 40 + i % 20);
+            std::thread::spawn(move || paced_client(addr, path, Duration::from_millis(11), stop))
+        })
+        .collect();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let before = ok.load(Ordering::Relaxed);
 
@@ -230,6 +304,20 @@ async fn a_reload_under_load_drops_nothing_and_keeps_the_cache_warm() {
     for t in tasks {
         errors.extend(t.await.unwrap());
     }
+    let (mut paced_ok, mut paced_lost, mut paced_why) = (0, 0, Vec::new());
+    for t in paced {
+        let (a, l, w) = tokio::task::spawn_blocking(move || t.join().unwrap())
+            .await
+            .unwrap();
+        (paced_ok, paced_lost) = (paced_ok + a, paced_lost + l);
+        paced_why.extend(w);
+    }
+    assert_eq!(
+        paced_lost, 0,
+        "paced clients lost {paced_lost} of {} requests: {paced_why:?}",
+        paced_ok + paced_lost
+    );
+    assert!(paced_ok >= 1000, "only {paced_ok} paced requests");
     let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
     assert_eq!(
         failed,
@@ -260,7 +348,7 @@ async fn a_reload_under_load_drops_nothing_and_keeps_the_cache_warm() {
     assert_eq!(s3.total_gets(), gets_before);
     assert!(fills <= 20);
     eprintln!(
-        "upgrade under load: {ok} requests ({} misses), 0 failed, {retried} retried after a keep-alive close race; old pid {old_pid} → new pid {new_pid}",
+        "upgrade under load: {ok} requests ({} misses), 0 failed, {retried} retried after a keep-alive close race; {paced_ok} paced requests without a retry, 0 lost; old pid {old_pid} → new pid {new_pid}",
         misses.load(Ordering::Relaxed)
     );
     let _ = Command::new("kill")

@@ -102,6 +102,13 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for ClientLimits<A> {
     }
 
     async fn cleanup(&self) {
+        // Pingora's proxy, once cleaned up, drops every HTTP/1 connection waiting for its next
+        // request at that instant — under steady keep-alive load most of them are, and a
+        // request the client is sending right then is lost (the resets seen across graceful
+        // upgrades). So the cleanup waits: meanwhile a connection that sends a request gets its
+        // answer with `Connection: close`, and one that stays silent for IDLE_LINGER is closed
+        // by its HeaderDeadline. Only connections left after that are dropped.
+        tokio::time::sleep(IDLE_LINGER * 3).await;
         self.inner.cleanup().await
     }
 }

@@ -287,6 +287,11 @@ impl ProxyHttp for Edge {
     async fn early_request_filter(&self, session: &mut Session, _ctx: &mut EdgeCtx) -> Result<()> {
         // A client that stops reading cannot hold a response (and its buffers) forever.
         session.set_write_timeout(Some(self.rules.write_timeout));
+        // HTTP/1.1 pipelining (RFC 9112 §9.3.2): answered in order. Off (Pingora's default), a
+        // request arriving while the previous one is still being proxied failed that one with
+        // a 400 and reset the connection under the next; clients such as wrk do this after a
+        // reconnect, and a graceful upgrade's `Connection: close` makes them reconnect.
+        session.set_pipelining_enabled(true);
         if session.get_keepalive().is_some() {
             session.set_keepalive(Some(self.rules.keepalive_secs));
         }
