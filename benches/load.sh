@@ -65,7 +65,7 @@ cache: {memory_bytes: 1 GiB}
 ${4:-}
 YAML
   IMGEDGE_LOG=warn,pingora_cache::meta=error,pingora_core::apps::http_app=off \
-    "$bin" serve -c "$dir/$1.yaml" 2>>"$dir/$1.log" &
+    "$bin" serve -c "$dir/$1.yaml" >/dev/null 2>>"$dir/$1.log" &
   pids+=($!)
   for _ in $(seq 100); do curl -sf "127.0.0.1:$3/healthz" >/dev/null && return; sleep 0.1; done
   echo "imgedge ($1) did not start:" >&2; cat "$dir/$1.log" >&2; exit 1
@@ -157,7 +157,8 @@ for r in "${runs[@]}"; do
         python3 benches/cluster_load.py $header --label "$mode (3 nodes)" --edges "$edges" --admins "$admins" \
           --trace "$dir/ctrace.txt" --conns "$conns" --token "$token" --purges 20 >> "$dir/cluster.txt"
         header=""
-        for p in "${pids[@]:$first}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
+        # SIGINT: Pingora's fast shutdown (SIGTERM would wait out its grace period).
+        for p in "${pids[@]:$first}"; do kill -INT "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
         pids=("${pids[@]:0:$first}")
       done
       unset ADMIN_EXTRA ;;
