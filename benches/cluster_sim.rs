@@ -715,30 +715,31 @@ fn main() {
     println!();
     println!("| event | ids moved | ideal | moved that should not | minute before | 1st min after | 2nd | 5th | undisturbed 1st / 5th | GETs in 5 min after (undisturbed) |");
     println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
-    let rows: [(&str, &PopResult, &PopResult, f64); 4] = [
+    let (k, grown) = (p.nodes, p.nodes + 2);
+    let rows = [
         (
-            "node 3 of 10 fails (cluster)",
+            format!("node 3 of {k} fails (cluster)"),
             &fail,
             &cluster[0],
-            1.0 / p.nodes as f64,
+            Some(1.0 / k as f64),
         ),
         (
-            "node 3 of 10 fails (independent)",
+            format!("node 3 of {k} fails (independent)"),
             &fail_alone,
             &alone[0],
-            0.0,
+            None,
         ),
         (
-            "scale-out 10 → 12 (cluster)",
+            format!("scale-out {k} → {grown} (cluster)"),
             &scale,
             &cluster[0],
-            2.0 / (p.nodes + 2) as f64,
+            Some(2.0 / grown as f64),
         ),
         (
-            "scale-out 10 → 12 (independent)",
+            format!("scale-out {k} → {grown} (independent)"),
             &scale_alone,
             &alone[0],
-            0.0,
+            None,
         ),
     ];
     for (label, r, control, ideal) in rows {
@@ -758,8 +759,8 @@ fn main() {
             None => ("(no ring)".to_string(), "-".to_string()),
         };
         println!(
-            "| {label} | {moved} | {:.1}% | {wrong} | {} | {} | {} | {} | {} / {} | {} ({}) |",
-            ideal * 100.0,
+            "| {label} | {moved} | {} | {wrong} | {} | {} | {} | {} | {} / {} | {} ({}) |",
+            ideal.map_or("-".to_string(), |i: f64| format!("{:.1}%", i * 100.0)),
             hit(r, ev.saturating_sub(1)),
             hit(r, ev),
             hit(r, ev + 1),
