@@ -21,10 +21,10 @@
 #                hit p50/p99 of local hits vs peer fills, purge latency (one table)
 #
 # Without -t it starts this checkout's release build (or $IMGEDGE_BIN) on 127.0.0.1:18380 (admin 19380; mirror uses
-# 18381-18385) with a local origin holding 500 ids (hard links to the kite sample), so it
+# 18381-18385; cluster 18391-18396, admins 19391-19396, peers 18491-18493, even with -t) with a local origin holding 500 ids (hard links to the kite sample), so it
 # measures the server, not S3. With -t URL it loads that running node instead (hot and miss need
 # /image/kite.jpg there, trace needs img00000.jpg…; replay works against anything).
-# Needs wrk built with LuaJIT (Debian's: apt-get install wrk) and python3 for trace.
+# Needs wrk built with LuaJIT (Debian's: apt-get install wrk; not for cluster) and python3 for trace and cluster.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=10 conns=16 target=""
