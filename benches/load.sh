@@ -14,12 +14,17 @@
 #                off; on (sample $MIRROR_SAMPLE, default 1.0, to a fourth node on these same
 #                cores); and on with the queue always full (target a black hole: every offer
 #                dropped), which leaves only the request path's own cost
+#   cluster      three nodes as one POP (`cluster:`) vs three independent nodes, one after the
+#                other, each cold, on the same Zipf trace with URL noise ($CLUSTER_REQUESTS,
+#                default 6000, over 300 ids) spread at random over the three by
+#                benches/cluster_load.py, then 20 purges: source fetches, resizes, POP hit ratio,
+#                hit p50/p99 of local hits vs peer fills, purge latency (one table)
 #
 # Without -t it starts this checkout's release build (or $IMGEDGE_BIN) on 127.0.0.1:18380 (admin 19380; mirror uses
-# 18381-18385) with a local origin holding 500 ids (hard links to the kite sample), so it
+# 18381-18385; cluster 18391-18396, admins 19391-19396, peers 18491-18493, even with -t) with a local origin holding 500 ids (hard links to the kite sample), so it
 # measures the server, not S3. With -t URL it loads that running node instead (hot and miss need
 # /image/kite.jpg there, trace needs img00000.jpg…; replay works against anything).
-# Needs wrk built with LuaJIT (Debian's: apt-get install wrk) and python3 for trace.
+# Needs wrk built with LuaJIT (Debian's: apt-get install wrk; not for cluster) and python3 for trace and cluster.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=10 conns=16 target=""
@@ -28,12 +33,12 @@ while getopts "d:c:t:" o; do
     d) secs=$OPTARG ;;
     c) conns=$OPTARG ;;
     t) target=${OPTARG%/} ;;
-    *) sed -n '2,22p' "$0"; exit 2 ;;
+    *) sed -n '2,27p' "$0"; exit 2 ;;
   esac
 done
 shift $((OPTIND - 1))
 runs=("$@"); [ ${#runs[@]} -gt 0 ] || runs=(hot miss)
-command -v wrk >/dev/null || { echo "wrk not found: apt-get install wrk" >&2; exit 1; }
+[ "${runs[*]}" = cluster ] || command -v wrk >/dev/null || { echo "wrk not found: apt-get install wrk" >&2; exit 1; }
 if [ -z "${IMGEDGE_BIN:-}" ]; then  # wherever cargo puts this checkout's build
   cargo build --release --quiet
   tdir=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
@@ -54,13 +59,13 @@ start_node() {
   cat > "$dir/$1.yaml" <<YAML
 server: {threads: 2, pid_file: $dir/$1.pid, upgrade_sock: $dir/$1-up.sock}
 edge: {listen: ["127.0.0.1:$2"]}
-admin: {listen: "127.0.0.1:$3"}
+admin: {listen: "127.0.0.1:$3"${ADMIN_EXTRA:-}}
 origin: {socket: $dir/$1-origin.sock, source: local, local: {root: $dir/root}}
 cache: {memory_bytes: 1 GiB}
 ${4:-}
 YAML
   IMGEDGE_LOG=warn,pingora_cache::meta=error,pingora_core::apps::http_app=off \
-    "$bin" serve -c "$dir/$1.yaml" 2>>"$dir/$1.log" &
+    "$bin" serve -c "$dir/$1.yaml" >/dev/null 2>>"$dir/$1.log" &
   pids+=($!)
   for _ in $(seq 100); do curl -sf "127.0.0.1:$3/healthz" >/dev/null && return; sleep 0.1; done
   echo "imgedge ($1) did not start:" >&2; cat "$dir/$1.log" >&2; exit 1
@@ -86,7 +91,7 @@ wrk_run() {
 
 url=${target:-http://127.0.0.1:18380}
 need_local=0
-for r in "${runs[@]}"; do [ "$r" = mirror ] || need_local=1; done
+for r in "${runs[@]}"; do [ "$r" = mirror ] || [ "$r" = cluster ] || need_local=1; done
 [ -n "$target" ] || [ $need_local = 0 ] || start_node main 18380 19380
 : > "$dir/rows"
 for r in "${runs[@]}"; do
@@ -123,12 +128,46 @@ for r in "${runs[@]}"; do
       for n in on:19382 drop:19384; do
         curl -s "127.0.0.1:${n#*:}/metrics" | grep '^imgedge_mirror_requests_total' | sed "s/^/  mirror-${n%:*}: /"
       done > "$dir/mirror.txt" ;;
+    cluster)
+      python3 benches/trace.py --ids 300 --requests "${CLUSTER_REQUESTS:-6000}" --seed 2 > "$dir/ctrace.txt"
+      token=bench-purge-token-0123456789
+      export ADMIN_EXTRA=", purge_token: $token"
+      peers="127.0.0.1:18491, 127.0.0.1:18492, 127.0.0.1:18493"
+      header=--header
+      for mode in cluster independent; do
+        first=${#pids[@]} edges="" admins=""
+        for k in 1 2 3; do
+          if [ $mode = cluster ]; then
+            e=1839$k a=1939$k
+            extra="cluster: {listen: \"127.0.0.1:1849$k\", peers: [$peers], secret: bench-cluster-secret-0123456789abcdef}"
+          else
+            e=1839$((k + 3)) a=1939$((k + 3)) extra=""
+          fi
+          start_node "$mode-$k" "$e" "$a" "$extra"
+          edges+="${edges:+,}http://127.0.0.1:$e" admins+="${admins:+,}http://127.0.0.1:$a"
+        done
+        if [ $mode = cluster ]; then  # every node sees every peer healthy
+          for a in ${admins//,/ }; do
+            for _ in $(seq 100); do
+              curl -sf "$a/cluster" | python3 -c 'import json,sys; m=json.load(sys.stdin)["members"]; sys.exit(not (len(m) == 3 and all(x["healthy"] for x in m)))' && break
+              sleep 0.1
+            done
+          done
+        fi
+        python3 benches/cluster_load.py $header --label "$mode (3 nodes)" --edges "$edges" --admins "$admins" \
+          --trace "$dir/ctrace.txt" --conns "$conns" --token "$token" --purges 20 >> "$dir/cluster.txt"
+        header=""
+        # SIGINT: Pingora's fast shutdown (SIGTERM would wait out its grace period).
+        for p in "${pids[@]:$first}"; do kill -INT "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
+        pids=("${pids[@]:0:$first}")
+      done
+      unset ADMIN_EXTRA ;;
     *) echo "unknown run: $r" >&2; exit 2 ;;
   esac
 done
 
-echo "imgedge load: ${secs}s per run, one wrk thread per connection; latencies in ms, client side"
-awk -F'\t' '
+[ -s "$dir/rows" ] && echo "imgedge load: ${secs}s per run, one wrk thread per connection; latencies in ms, client side"
+[ -s "$dir/rows" ] && awk -F'\t' '
   function median(s,   a, n, i, j, t) {  # of a space-separated list; "-" when any is "-"
     n = split(s, a, " ")
     for (i = 1; i <= n; i++) { if (a[i] == "-") return "-"
@@ -157,4 +196,8 @@ awk -F'\t' '
   }
 ' "$dir/rows"
 [ -s "$dir/mirror.txt" ] && cat "$dir/mirror.txt"
+if [ -s "$dir/cluster.txt" ]; then
+  echo "cluster: $(grep -c '^/' "$dir/ctrace.txt") requests (Zipf over 300 ids x 12 sizes, URL noise), $conns connections, each request to one of 3 nodes at random; latencies client side"
+  cat "$dir/cluster.txt"
+fi
 exit 0
