@@ -78,7 +78,12 @@ impl Drop for Daemon {
 /// with a delay): a request every `pace`, a new connection only when an answer says
 /// `Connection: close`, and no retry of any kind. Returns (answered, lost, first losses):
 /// a request written on an open connection that got no whole answer is lost.
-fn paced_client(addr: String, path: String, pace: Duration, stop: Arc<AtomicBool>) -> (u64, u64, Vec<String>) {
+fn paced_client(
+    addr: String,
+    path: String,
+    pace: Duration,
+    stop: Arc<AtomicBool>,
+) -> (u64, u64, Vec<String>) {
     use std::io::{Read, Write};
     let (mut answered, mut lost, mut why) = (0u64, 0u64, Vec::new());
     let mut conn: Option<std::net::TcpStream> = None;
@@ -313,7 +318,8 @@ async fn a_reload_under_load_drops_nothing_and_keeps_the_cache_warm() {
         paced_why.extend(w);
     }
     assert_eq!(
-        paced_lost, 0,
+        paced_lost,
+        0,
         "paced clients lost {paced_lost} of {} requests: {paced_why:?}",
         paced_ok + paced_lost
     );
