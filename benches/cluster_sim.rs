@@ -200,11 +200,11 @@ impl Catalogue {
         let mut key = [0u8; 16];
         key[..8].copy_from_slice(&h.to_be_bytes());
         key[8..].copy_from_slice(&mix(h).to_be_bytes());
-        Arc::new(CachedObject {
+        Arc::new(CachedObject::new(
             key,
-            meta: (Vec::new(), Vec::new()),
-            body: Bytes::from_static(&ZEROS[..bytes]),
-        })
+            (Vec::new(), Vec::new()),
+            Bytes::from_static(&ZEROS[..bytes]),
+        ))
     }
 }
 

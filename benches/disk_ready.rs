@@ -28,11 +28,11 @@ fn main() {
         for i in 0..n as u128 {
             let mut key = (i.wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835)).to_be_bytes();
             key[15] ^= 1;
-            tier.write(&CachedObject {
+            tier.write(&CachedObject::new(
                 key,
-                meta: (vec![0; 64], vec![0; 200]),
-                body: body.clone(),
-            })
+                (vec![0; 64], vec![0; 200]),
+                body.clone(),
+            ))
             .expect("write");
         }
         tier.save_state().expect("save");

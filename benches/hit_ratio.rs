@@ -129,11 +129,11 @@ fn main() {
 }
 
 fn object(r: &Req) -> Arc<CachedObject> {
-    Arc::new(CachedObject {
-        key: r.key,
-        meta: (Vec::new(), Vec::new()),
-        body: Bytes::from_static(&ZEROS[..r.size.min(ZEROS.len())]),
-    })
+    Arc::new(CachedObject::new(
+        r.key,
+        (Vec::new(), Vec::new()),
+        Bytes::from_static(&ZEROS[..r.size.min(ZEROS.len())]),
+    ))
 }
 
 /// The memory tier exactly as a memory-only edge drives it: a lookup, and on a miss the

@@ -143,6 +143,10 @@ pub struct EdgeConfig {
     pub max_uri_bytes: usize,
     /// Most bytes of request header fields accepted; more → 431.
     pub max_header_bytes: usize,
+    /// Write buffer per client connection. A response whose header and body fit is sent in
+    /// one write (one segment train) instead of two; larger bodies are written straight
+    /// through. Pingora's default is 1460 bytes, which sends every header on its own.
+    pub write_buffer: ByteSize,
     /// Every connection to `edge.listen` and `edge.tls.listen` opens with a PROXY protocol
     /// header (v1 or v2, as an AWS NLB sends): its source address is the client's. Connections
     /// without one are closed. Off: headers are not parsed (a forged one is a bad request).
@@ -161,6 +165,7 @@ impl Default for EdgeConfig {
             write_timeout: Duration::from_secs(30),
             max_uri_bytes: 2048,
             max_header_bytes: 16 * 1024,
+            write_buffer: ByteSize::kib(64),
             proxy_protocol: false,
         }
     }
@@ -1330,6 +1335,9 @@ impl Config {
         }
         if edge.max_header_bytes < 1024 {
             return Err(invalid("edge.max_header_bytes", "must be at least 1024"));
+        }
+        if edge.write_buffer.as_u64() > 1024 * 1024 {
+            return Err(invalid("edge.write_buffer", "must be at most 1 MiB"));
         }
         let log = &edge.access_log;
         if !log.path.as_os_str().is_empty() && !log.path.is_absolute() {

@@ -44,6 +44,8 @@ pub struct Metrics {
     pub cache_write_failures: IntCounterVec,
     /// Requests that waited for another request's fill instead of going to the origin.
     pub cache_coalesced: IntCounter,
+    /// Fresh memory hits answered by the edge's fast path (also counted in `cache_lookups`).
+    pub cache_fast_hits: IntCounter,
     /// Purges done through the admin listener, by scope (`url`, `id`).
     pub purges: IntCounterVec,
     /// Bytes stored per tier (set when scraped).
@@ -197,6 +199,11 @@ static METRICS: Lazy<Metrics> = Lazy::new(|| {
         "imgedge_cache_coalesced_waiters_total",
         "Requests that waited for another request's fill of the same variant.",
     );
+    let cache_fast_hits = counter(
+        &r,
+        "imgedge_cache_fast_hits_total",
+        "Fresh memory hits answered without pingora-cache's hit path (GET, no Range, no validators).",
+    );
     let purges = counter_vec(
         &r,
         "imgedge_purges_total",
@@ -292,6 +299,7 @@ static METRICS: Lazy<Metrics> = Lazy::new(|| {
         cache_corrupt,
         cache_write_failures,
         cache_coalesced,
+        cache_fast_hits,
         purges,
         cache_bytes,
         cache_objects,

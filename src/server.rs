@@ -15,6 +15,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;
 
 use pingora_core::apps::HttpServerOptions;
+use pingora_core::listeners::{L4BufferSettings, ListenerConfig};
 use pingora_core::server::configuration::{Opt, ServerConf};
 use pingora_core::server::Server;
 use pingora_core::services::background::background_service;
@@ -125,14 +126,20 @@ pub fn build(cfg: &Config, run: RunOptions) -> Result<Server, Error> {
             timeout: cfg.edge.header_timeout,
         }));
     }
+    // Header and body of a typical cached image leave in one write (see edge.write_buffer).
+    let buffers = L4BufferSettings::default().write(cfg.edge.write_buffer.as_u64() as usize);
     for addr in &cfg.edge.listen {
-        edge.add_tcp(&addr.to_string());
+        edge.add_listener(ListenerConfig::tcp(addr.to_string()).l4_buffer(buffers));
     }
     if let Some((resolver, _)) = certs {
         for addr in &cfg.edge.tls.listen {
             let settings = tls::settings(resolver.clone(), cfg.edge.tls.h2)
                 .map_err(|e| Error::Internal(format!("edge.tls: {e}")))?;
-            edge.add_tls_with_settings(&addr.to_string(), None, settings);
+            edge.add_listener(
+                ListenerConfig::tcp(addr.to_string())
+                    .tls(settings)
+                    .l4_buffer(buffers),
+            );
         }
     }
     edge.threads = Some(cfg.server.threads);

@@ -249,6 +249,103 @@ async fn hits_never_touch_the_origin_or_the_pool() {
     assert_eq!(node.metric("imgedge_resize_pool_busy", &[]).await, 0.0);
 }
 
+/// The headers of an answer, sorted, without `age` (it grows between requests).
+fn header_set(r: &reqwest::Response) -> Vec<(String, String)> {
+    let mut v: Vec<_> = r
+        .headers()
+        .iter()
+        .filter(|(k, _)| k.as_str() != "age")
+        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("?").to_string()))
+        .collect();
+    v.sort();
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_memory_fast_path_answers_as_the_cache_path_does() {
+    const TOKEN: &str = "test-purge-token-0123456789";
+    let (_s3, node) = node_with_samples(&format!("admin:\n  purge_token: {TOKEN}\n")).await;
+    let url = format!("/image/{KITE}?size=300x&format=webp");
+    let fast = || node.metric("imgedge_cache_fast_hits_total", &[]);
+    let miss = node.get(&url).await;
+    assert_eq!(header(&miss, "x-cache"), "MISS");
+    let body = miss.bytes().await.unwrap();
+    assert_eq!(fast().await, 0.0);
+
+    // A plain GET of a fresh memory object: the fast path.
+    let hit = node.get(&url).await;
+    assert_eq!(fast().await, 1.0);
+    let fast_headers = header_set(&hit);
+    let age: u64 = header(&hit, "age").parse().unwrap();
+    assert!(age < 60, "age {age}");
+    assert_eq!(hit.bytes().await.unwrap(), body);
+
+    // The same object through pingora-cache's hit path (a validator that does not match takes
+    // it there): the same status, headers and body.
+    let slow = node
+        .client
+        .get(node.url(&url))
+        .header("if-none-match", "\"other\"")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(slow.status(), 200);
+    assert_eq!(fast().await, 1.0);
+    assert_eq!(header_set(&slow), fast_headers);
+    assert!(!header(&slow, "age").is_empty());
+    assert_eq!(slow.bytes().await.unwrap(), body);
+    for (k, v) in [
+        ("x-cache", "HIT"),
+        ("x-content-type-options", "nosniff"),
+        ("content-type", "image/webp"),
+    ] {
+        assert!(
+            fast_headers.contains(&(k.to_string(), v.to_string())),
+            "{k} in {fast_headers:?}"
+        );
+    }
+    let len = body.len().to_string();
+    assert!(fast_headers.contains(&("content-length".to_string(), len)));
+    assert!(fast_headers
+        .iter()
+        .all(|(k, _)| k != "vary" && !k.starts_with("x-imgedge")));
+
+    // Ranges and HEAD keep pingora-cache's handling.
+    let range = node
+        .client
+        .get(node.url(&url))
+        .header("range", "bytes=0-99")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(range.status(), 206);
+    assert_eq!(range.bytes().await.unwrap(), body.slice(0..100));
+    let head = node.client.head(node.url(&url)).send().await.unwrap();
+    assert_eq!(head.status(), 200);
+    assert_eq!(fast().await, 1.0);
+
+    // A purged object is never served by the fast path: the next GET refetches.
+    let purge = node
+        .client
+        .post(format!("{}/purge/url{url}", node.admin))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert!(purge.status().is_success(), "purge: {}", purge.status());
+    let after = node.get(&url).await;
+    assert_eq!(header(&after, "x-cache"), "MISS");
+    assert_eq!(fast().await, 1.0);
+    assert_eq!(node.get(&url).await.status(), 200);
+    assert_eq!(fast().await, 2.0);
+    assert_eq!(
+        node.metric("imgedge_cache_lookups_total", &[("tier", "memory"), ("result", "hit")])
+            .await,
+        5.0,
+        "fast hits count as memory hits: 2 fast, then the validator GET, the range GET and the HEAD"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conditional_requests_and_head() {
     let (s3, node) = node_with_samples("").await;

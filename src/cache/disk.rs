@@ -158,11 +158,7 @@ pub fn decode(key: &HashBinary, buf: Bytes) -> Result<CachedObject, DecodeError>
         buf[HEADER..HEADER + m0].to_vec(),
         buf[HEADER + m0..HEADER + m0 + m1].to_vec(),
     );
-    Ok(CachedObject {
-        key: *key,
-        meta,
-        body: buf.slice(HEADER + m0 + m1..),
-    })
+    Ok(CachedObject::new(*key, meta, buf.slice(HEADER + m0 + m1..)))
 }
 
 fn pid_alive(pid: u32) -> bool {
@@ -436,11 +432,11 @@ mod tests {
     use super::*;
 
     fn obj(k: u8, size: usize) -> CachedObject {
-        CachedObject {
-            key: [k; 16],
-            meta: (vec![1, 2, 3], vec![k; 7]),
-            body: Bytes::from(vec![k; size]),
-        }
+        CachedObject::new(
+            [k; 16],
+            (vec![1, 2, 3], vec![k; 7]),
+            Bytes::from(vec![k; size]),
+        )
     }
 
     #[test]

@@ -3,11 +3,13 @@
 //!
 //! [`storage::EdgeStorage`] is what Pingora talks to; it owns the [`memory`] tier and the
 //! optional [`disk`] tier. [`purge::PurgeLog`] makes "every variant of an id" purgeable without
-//! a scan. Pingora wants the storage and the lock as `&'static`, so [`Cache::from_config`] leaks
+//! a scan. [`head::HitHead`] is an object's meta parsed once, for the edge's memory-hit fast
+//! path. Pingora wants the storage and the lock as `&'static`, so [`Cache::from_config`] leaks
 //! them once at start-up, after the disk index is loaded and before anything is served.
 //! [`StateSaver`] saves the disk tier's eviction state periodically and at shutdown.
 
 pub mod disk;
+pub mod head;
 pub mod memory;
 pub mod purge;
 pub mod storage;

@@ -64,6 +64,11 @@ fn count_lookup(tier: &str, result: &str) {
     }
 }
 
+/// Count a fresh memory hit answered outside pingora-cache (the edge's fast path).
+pub fn count_memory_hit() {
+    count_lookup("memory", "hit");
+}
+
 fn freshness(meta: &CacheMeta) -> &'static str {
     if meta.is_fresh(std::time::SystemTime::now()) {
         "hit"
@@ -295,11 +300,7 @@ impl HandleMiss for Fill {
     }
 
     async fn finish(self: Box<Self>) -> Result<MissFinishType> {
-        let obj = Arc::new(CachedObject {
-            key: self.key,
-            meta: self.meta,
-            body: exact(self.body),
-        });
+        let obj = Arc::new(CachedObject::new(self.key, self.meta, exact(self.body)));
         let size = obj.size() as usize;
         // Admitted or handed off, the object is readable by the requests waiting on this fill
         // before the lock is released (it is released after `finish` returns).
@@ -404,11 +405,7 @@ impl Storage for EdgeStorage {
                 None => return Ok(false),
             },
         };
-        let obj = Arc::new(CachedObject {
-            key: hash,
-            meta: meta.serialize()?,
-            body,
-        });
+        let obj = Arc::new(CachedObject::new(hash, meta.serialize()?, body));
         self.memory.fill(obj.clone());
         self.write_behind(obj);
         Ok(true)

@@ -13,11 +13,12 @@
 //! mode: requests must carry the POP's proof, skip the public policy, and fill locally only.
 //!
 //! Submodules: [`tls`] (certificates, SNI, ALPN), [`client_limits`] (slow clients),
-//! [`access_log`].
+//! [`access_log`], `fast_hit` (fresh memory hits answered without pingora-cache's machinery).
 
 pub mod access_log;
 pub mod client_limits;
 pub mod drain;
+mod fast_hit;
 pub mod proxy_protocol;
 pub mod tls;
 
@@ -61,6 +62,8 @@ pub struct EdgeCtx {
     fill_started: Option<SystemTime>,
     /// The cached object was purged: refetch it in full, never revalidate it.
     purged: bool,
+    /// Answered by the memory-hit fast path (`fast_hit`).
+    fast_hit: bool,
 }
 
 /// How the edge treats clients (from `edge.*`).
@@ -230,7 +233,10 @@ impl Edge {
     }
 
     /// The `X-Cache` value for a request's cache phase.
-    fn cache_status(session: &Session) -> &'static str {
+    fn cache_status(session: &Session, ctx: &EdgeCtx) -> &'static str {
+        if ctx.fast_hit {
+            return "HIT";
+        }
         match session.cache.phase() {
             CachePhase::Hit => "HIT",
             CachePhase::Miss => "MISS",
@@ -281,6 +287,7 @@ impl ProxyHttp for Edge {
             fill: FillState::default(),
             fill_started: None,
             purged: false,
+            fast_hit: false,
         }
     }
 
@@ -316,6 +323,13 @@ impl ProxyHttp for Edge {
         };
         match parsed {
             Ok(v) => {
+                if !self.from_peer
+                    && fast_hit::serve(session, &self.cache, &v, self.draining.is_set()).await?
+                {
+                    ctx.fast_hit = true;
+                    ctx.variant = Some(v);
+                    return Ok(true);
+                }
                 ctx.variant = Some(v);
                 Ok(false)
             }
@@ -532,7 +546,7 @@ impl ProxyHttp for Edge {
             // Pingora then sends `Connection: close` and closes after this response.
             session.set_keepalive(None);
         }
-        resp.insert_header("x-cache", Self::cache_status(session))?;
+        resp.insert_header("x-cache", Self::cache_status(session, ctx))?;
         if let Some(peer) = ctx.fill.header() {
             resp.insert_header(PEER_HEADER, peer)?;
         }
@@ -634,7 +648,7 @@ impl ProxyHttp for Edge {
 
     async fn logging(&self, session: &mut Session, e: Option<&PError>, ctx: &mut EdgeCtx) {
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
-        let cache = Self::cache_status(session);
+        let cache = Self::cache_status(session, ctx);
         let elapsed = ctx.started.elapsed();
         if session.cache.lock_duration().is_some() {
             metrics().cache_coalesced.inc();

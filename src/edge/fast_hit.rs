@@ -1,0 +1,98 @@
+//! The memory-hit fast path: a fresh object in the memory tier is answered from the request
+//! filter, without pingora-cache's per-hit work.
+//!
+//! On pingora-cache's path a hit builds the cache key object, runs a boxed async lookup,
+//! decompresses and parses the stored header block (`CacheMeta::deserialize`), runs the hit
+//! filters and streams the body through a boxed hit handler. Most hits of an image CDN are the
+//! plainest case: a GET, no validators, no range, a fresh object in memory. For those this
+//! answers with the object's header parsed once ([`crate::cache::head::HitHead`], kept with the object), an `Age`,
+//! and the body `Bytes` (no copy). Everything else takes pingora-cache's path, which keeps the
+//! semantics this path does not implement: `Range`, `HEAD`, conditional requests (304),
+//! stale-while-revalidate and stale-if-error, purged objects, disk hits, peers' requests.
+//! The answer is the one pingora-cache's path gives (`tests/production.rs` compares them).
+
+use std::time::SystemTime;
+
+use http::header;
+use pingora_cache::key::CacheHashKey;
+use pingora_error::Result;
+use pingora_http::ResponseHeader;
+use pingora_proxy::Session;
+
+use crate::cache::Cache;
+use crate::origin::SOURCE_ETAG;
+use crate::variant::Variant;
+
+/// Request headers that need pingora-cache's handling (ranges, validators).
+const SLOW_PATH_HEADERS: [header::HeaderName; 6] = [
+    header::RANGE,
+    header::IF_NONE_MATCH,
+    header::IF_MODIFIED_SINCE,
+    header::IF_MATCH,
+    header::IF_UNMODIFIED_SINCE,
+    header::IF_RANGE,
+];
+
+/// Answer `variant` from the memory tier if this path can; whether it did. `Err` only when
+/// writing to the client failed (the request is then over either way).
+pub(super) async fn serve(
+    session: &mut Session,
+    cache: &Cache,
+    variant: &Variant,
+    draining: bool,
+) -> Result<bool> {
+    let req = session.req_header();
+    if req.method != http::Method::GET
+        || SLOW_PATH_HEADERS
+            .iter()
+            .any(|h| req.headers.contains_key(h))
+    {
+        return Ok(false);
+    }
+    let key = crate::cache::storage_key(variant).combined_bin();
+    let Some(obj) = cache.storage.memory().get(&key) else {
+        return Ok(false);
+    };
+    let now = SystemTime::now();
+    let len = obj.body.len();
+    let Some(head) = obj.head(|h| prepare(h, len)) else {
+        return Ok(false);
+    };
+    if !head.is_fresh(now) || cache.purges.is_purged(&variant.id, head.created) {
+        return Ok(false);
+    }
+    let mut resp = head.header.clone();
+    // pingora-cache: an `Age` on every answer served from the cache (RFC 9111 §4).
+    resp.insert_header(header::AGE, head.age(now).as_secs())?;
+    crate::cache::storage::count_memory_hit();
+    crate::metrics::metrics().cache_fast_hits.inc();
+    if draining {
+        // Pingora then sends `Connection: close` and closes after this response.
+        session.set_keepalive(None);
+    }
+    session.write_response_header(Box::new(resp), false).await?;
+    session
+        .write_response_body(Some(obj.body.clone()), true)
+        .await?;
+    Ok(true)
+}
+
+/// Turn a stored header into the one pingora-cache's hit path plus the edge's response filter
+/// would send, less `Age` (added per answer). Done once per object.
+fn prepare(h: &mut ResponseHeader, len: usize) -> Result<()> {
+    if !h.headers.contains_key(header::CONTENT_LENGTH) {
+        // The whole body is at hand (pingora-cache would send it chunked).
+        h.insert_header(header::CONTENT_LENGTH, len)?;
+    } else if h.status == http::StatusCode::OK {
+        // pingora-cache's range filter: a whole 200 of known length may be asked for in ranges.
+        h.insert_header(header::ACCEPT_RANGES, "bytes")?;
+    }
+    // pingora-cache: stored headers are HTTP/1.1.
+    h.set_version(http::Version::HTTP_11);
+    // The edge's response filter (`Edge::response_filter`).
+    h.insert_header("x-cache", "HIT")?;
+    h.insert_header("x-content-type-options", "nosniff")?;
+    h.remove_header(&header::VARY);
+    h.remove_header(&SOURCE_ETAG);
+    Ok(())
+}
