@@ -3,14 +3,18 @@
 //!
 //! Reads `$VS_LIBVIPS_DIR/cases.tsv` (name, input file, query), runs the real transform entry
 //! point on one thread until it has used `$VS_LIBVIPS_SECONDS` (default 2) of CPU per case,
-//! writes each output to `<name>.imgedge.<ext>` and the timings to `imgedge.tsv`. Without
+//! writes each output to `<name>.imgedge.<ext>` and the timings to `imgedge.tsv`, with, for a
+//! JPEG input, its Huffman-decode floor: the time of a 1/8-scale decode (entropy decoding is
+//! the same at every scale; the IDCT, colour conversion and resize nearly vanish). Without
 //! `VS_LIBVIPS_DIR` (e.g. a plain `cargo bench`) it explains itself and exits.
 
 use std::hint::black_box;
 use std::path::Path;
 use std::time::Duration;
 
-use imgedge::origin::transform::{transform, TransformLimits, TransformSettings};
+use imgedge::metrics::metrics;
+use imgedge::origin::mezzanine::Mezzanines;
+use imgedge::origin::transform::{jpeg, transform, TransformLimits, TransformSettings};
 use imgedge::variant::{ParseOptions, Variant};
 
 // The server's allocator, so allocation costs are the production ones.
@@ -65,6 +69,19 @@ fn main() {
             n += 1;
         }
         let per = (cpu_time() - start).as_secs_f64() / f64::from(n);
+        let floor = if src.starts_with(&[0xFF, 0xD8]) {
+            let eighth =
+                || jpeg::decode(black_box(&src), u64::MAX >> 1, |_| Ok(1)).expect("decode");
+            black_box(eighth());
+            let (start, mut n) = (cpu_time(), 0u32);
+            while (cpu_time() - start).as_secs_f64() < budget / 4.0 || n < 5 {
+                black_box(eighth());
+                n += 1;
+            }
+            format!("{}", (cpu_time() - start).as_secs_f64() / f64::from(n))
+        } else {
+            "-".to_string()
+        };
         std::fs::write(
             dir.join(format!("{name}.imgedge.{}", out.format.as_str())),
             &out.bytes,
@@ -76,11 +93,67 @@ fn main() {
             1.0 / per
         );
         results.push_str(&format!(
-            "{name}\t{per}\t{}\t{}x{}\n",
+            "{name}\t{per}\t{}\t{}x{}\t{floor}\n",
             out.bytes.len(),
             out.width,
             out.height
         ));
     }
     std::fs::write(dir.join("imgedge.tsv"), results).expect("write results");
+    trace(dir, &settings);
+}
+
+/// The Zipf trace's misses (`trace.tsv`: id, input, query), once decoding every miss and once
+/// through a mezzanine cache of the server's default size, keyed by id.
+fn trace(dir: &Path, settings: &TransformSettings) {
+    let Ok(lines) = std::fs::read_to_string(dir.join("trace.tsv")) else {
+        return;
+    };
+    let misses: Vec<(String, Vec<u8>, _)> = lines
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            let f: Vec<&str> = l.split('\t').collect();
+            let t = Variant::parse("/image/x", Some(f[2]), &ParseOptions::default())
+                .expect("query")
+                .transform
+                .expect("a transform");
+            (
+                f[0].to_string(),
+                std::fs::read(dir.join(f[1])).expect("input"),
+                t,
+            )
+        })
+        .collect();
+    let mezzanines = Mezzanines::new(256 << 20);
+    let decodes = || {
+        let m = &metrics().mezzanine_lookups;
+        m.with_label_values(&["miss"]).get() + m.with_label_values(&["upgrade"]).get()
+    };
+    let mut report = String::new();
+    for (label, cache) in [("direct", None), ("mezzanine", Some(&mezzanines))] {
+        let before = decodes();
+        let start = cpu_time();
+        for (k, (id, src, t)) in misses.iter().enumerate() {
+            let out = match cache {
+                Some(m) => m.transform(id, src, t, settings),
+                None => transform(src, t, settings),
+            }
+            .expect("transform");
+            std::fs::write(dir.join(format!("trace-{k}.{label}.jpg")), &out.bytes)
+                .expect("write output");
+        }
+        let per = (cpu_time() - start).as_secs_f64() / misses.len() as f64;
+        println!(
+            "{:<22} {:>8.2} ms/img  {:>7.1} img/cpu-s",
+            format!("zipf-trace-{label}"),
+            per * 1e3,
+            1.0 / per
+        );
+        report.push_str(&format!("{label}\t{per}\n"));
+        if cache.is_some() {
+            report.push_str(&format!("decodes\t{}\n", decodes() - before));
+        }
+    }
+    std::fs::write(dir.join("imgedge-trace.tsv"), report).expect("write trace results");
 }

@@ -625,6 +625,9 @@ pub struct TransformConfig {
     pub default_quality: u8,
     /// Background that transparent pixels are flattened onto for JPEG output, as `RRGGBB`.
     pub background: String,
+    /// Bytes of decoded originals kept so further sizes of a hot image skip the decode
+    /// ("mezzanines"); 0 turns it off.
+    pub mezzanine_bytes: ByteSize,
 }
 
 impl Default for TransformConfig {
@@ -635,6 +638,7 @@ impl Default for TransformConfig {
             retry_after: Duration::from_secs(1),
             default_quality: 80,
             background: "ffffff".into(),
+            mezzanine_bytes: ByteSize::mib(256),
         }
     }
 }
@@ -1229,6 +1233,13 @@ impl Config {
                 "must be RRGGBB hex, e.g. ffffff",
             ));
         }
+        let mezzanine = self.transform.mezzanine_bytes.as_u64();
+        if mezzanine != 0 && mezzanine < 16 * 1024 * 1024 {
+            return Err(invalid(
+                "transform.mezzanine_bytes",
+                "must be 0 (off) or at least 16 MiB (one decoded 2 MP original is 6 MB)",
+            ));
+        }
         if self.cache.memory_bytes.as_u64() < 1024 * 1024 {
             return Err(invalid("cache.memory_bytes", "must be at least 1 MiB"));
         }
@@ -1504,6 +1515,9 @@ mod tests {
     fn invalid_values_are_named() {
         assert!(err("origin:\n  source: s3\n").starts_with("origin.s3.bucket:"));
         assert!(err("transform:\n  background: white\n").starts_with("transform.background:"));
+        assert!(
+            err("transform:\n  mezzanine_bytes: 1 MiB\n").starts_with("transform.mezzanine_bytes:")
+        );
         assert!(err("limits:\n  max_frames: 0\n").starts_with("limits.max_frames:"));
         assert!(
             err("limits:\n  max_metadata_bytes: lots\n").starts_with("limits.max_metadata_bytes:")

@@ -58,6 +58,11 @@ pub struct Metrics {
     pub fetch_duration: HistogramVec,
     /// Decode + resize + encode time by output format.
     pub resize_duration: HistogramVec,
+    /// Mezzanine (decoded original) lookups by result: `hit` (no decode), `miss`, `upgrade`
+    /// (kept too small for the size asked: decoded again, larger).
+    pub mezzanine_lookups: IntCounterVec,
+    /// Bytes of decoded originals kept (`transform.mezzanine_bytes` bounds it).
+    pub mezzanine_bytes: IntGauge,
     /// Misses refused with 429 because the client spent its miss budget.
     pub rate_limited: IntCounter,
     /// Connections closed because a request header did not arrive within `edge.header_timeout`.
@@ -240,6 +245,19 @@ static METRICS: Lazy<Metrics> = Lazy::new(|| {
         "Decode, resize and encode time by output format.",
         &["format"],
     );
+    let mezzanine_lookups = counter_vec(
+        &r,
+        "imgedge_mezzanine_lookups_total",
+        "Decoded-original cache lookups by result (hit: no decode; miss; upgrade: decoded again, larger).",
+        &["result"],
+    );
+    let mezzanine_bytes = IntGauge::new(
+        "imgedge_mezzanine_bytes",
+        "Bytes of decoded originals kept for further sizes.",
+    )
+    .expect("static metric definition");
+    r.register(Box::new(mezzanine_bytes.clone()))
+        .expect("metric registered once");
     let rate_limited = counter(
         &r,
         "imgedge_rate_limited_total",
@@ -291,6 +309,8 @@ static METRICS: Lazy<Metrics> = Lazy::new(|| {
         request_duration,
         fetch_duration,
         resize_duration,
+        mezzanine_lookups,
+        mezzanine_bytes,
         rate_limited,
         client_timeouts,
         access_log_dropped,

@@ -708,3 +708,48 @@ async fn local_directory_origin_serves_the_samples() {
     let r = node.get("/image/path.webp?size=160x").await;
     assert_eq!(header(&r, "content-type"), "image/webp");
 }
+
+/// A product page's sizes of one original, through the real binary: the first miss decodes,
+/// the first larger size decodes once more (large enough for all), and the rest are resized
+/// from the kept pixels, matching what a node without mezzanines answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn further_sizes_of_an_original_reuse_its_decode() {
+    let (s3, node) = node_with_samples("").await;
+    let off = Imgedge::start(&s3, "transform:\n  mezzanine_bytes: 0\n").await;
+    for (i, size) in ["150x150", "1200x", "400x", "300x300", "640x"]
+        .iter()
+        .enumerate()
+    {
+        let u = format!("/image/{KITE}?size={size}");
+        let (a, b) = (node.get(&u).await, off.get(&u).await);
+        assert_eq!(
+            (a.status().as_u16(), b.status().as_u16()),
+            (200, 200),
+            "{u}"
+        );
+        assert_eq!(x_cache(&a), "MISS", "{u}");
+        let (a, b) = (a.bytes().await.unwrap(), b.bytes().await.unwrap());
+        if i < 2 {
+            // The first decode and the upgrade (in full, as 1200 px needs) are the direct ones.
+            assert!(a == b, "{u}: differs from the direct decode");
+        } else {
+            // From the full decode rather than a 3/8-5/8 one: the same picture.
+            let (a, b) = (
+                image::load_from_memory(&a).unwrap().to_rgb8(),
+                image::load_from_memory(&b).unwrap().to_rgb8(),
+            );
+            let d = mean_abs_diff(&a, &b);
+            assert!(d < 2.0, "{u}: mean difference {d}");
+        }
+    }
+    let n = node.metric("imgedge_mezzanine_lookups_total", &[("result", "miss")]);
+    assert_eq!(n.await, 1.0, "miss");
+    let n = node.metric("imgedge_mezzanine_lookups_total", &[("result", "upgrade")]);
+    assert_eq!(n.await, 1.0, "upgrade");
+    let n = node.metric("imgedge_mezzanine_lookups_total", &[("result", "hit")]);
+    assert_eq!(n.await, 3.0, "hit");
+    assert!(node.metric("imgedge_mezzanine_bytes", &[]).await > 1e6);
+    let off_lookups = off.metric("imgedge_mezzanine_lookups_total", &[]).await;
+    assert_eq!(off_lookups, 0.0);
+    assert_eq!(s3.gets(KITE), 2, "one fetch per node");
+}

@@ -13,6 +13,7 @@
 //! sends both back; if they still belong together, the origin asks the source "changed since?"
 //! (If-None-Match) and, when it has not, answers 304 without fetching the bytes or resizing.
 
+pub mod mezzanine;
 pub mod pool;
 pub mod results;
 pub mod source;
@@ -32,6 +33,7 @@ use crate::config::{Config, SourceKind};
 use crate::error::{Error, Result};
 use crate::metrics::metrics;
 use crate::variant::{self, ParseOptions, Variant};
+use mezzanine::Mezzanines;
 use pool::ResizePool;
 use results::Results;
 use source::{
@@ -79,7 +81,7 @@ pub const SOURCE_ETAG: http::HeaderName = http::HeaderName::from_static("x-imged
 /// Bumped whenever the same original and variant key may come out as other bytes without a
 /// release (the package version is part of every derived tag as well), so that caches refetch
 /// instead of revalidating to the old bytes.
-const TRANSFORM_VERSION: &str = "1";
+const TRANSFORM_VERSION: &str = "2";
 
 /// Where a miss spent its time; sent to the edge as `Server-Timing` (`fetch`, `resize`).
 #[derive(Debug, Default, Clone, Copy)]
@@ -134,6 +136,8 @@ pub struct Origin {
     retry_after: Duration,
     parse: ParseOptions,
     settings: TransformSettings,
+    /// Decoded originals kept for further sizes (`transform.mezzanine_bytes`; `None` when 0).
+    mezzanines: Option<Arc<Mezzanines>>,
     max_source_bytes: u64,
     fetch_timeout: Duration,
     cache_control: String,
@@ -193,6 +197,10 @@ impl Origin {
             retry_after: cfg.transform.retry_after,
             parse: cfg.parse_options(),
             settings,
+            mezzanines: match cfg.transform.mezzanine_bytes.as_u64() {
+                0 => None,
+                n => Some(Arc::new(Mezzanines::new(n))),
+            },
             etag_seed: format!(
                 "{TRANSFORM_VERSION}/{}/{settings:?}",
                 env!("CARGO_PKG_VERSION")
@@ -408,11 +416,21 @@ impl Origin {
                 }))
             }
             Some(t) => {
+                // The original's identity for the mezzanine cache: its id and tag (no tag, no
+                // identity that follows its bytes, so no cache).
+                let mezzanine = self.mezzanines.clone().zip(
+                    source_etag
+                        .as_deref()
+                        .map(|e| format!("{}\n{e}", variant.id)),
+                );
                 let (out, etag, took) = self
                     .pool
                     .run(&slot, move || {
                         let started = Instant::now();
-                        let out = transform::transform(&original, &t, &settings)?;
+                        let out = match &mezzanine {
+                            Some((m, key)) => m.transform(key, &original, &t, &settings)?,
+                            None => transform::transform(&original, &t, &settings)?,
+                        };
                         let tag = known_etag.unwrap_or_else(|| etag(&out.bytes));
                         Ok((out, tag, started.elapsed()))
                     })

@@ -26,6 +26,18 @@ pub struct Decoded {
     pub pixels: Pixels,
     /// What to cut and the output size.
     pub plan: Plan,
+    /// The upright size of the original (the pixels are this at `eighths`/8 scale).
+    pub source: (u32, u32),
+    /// The IDCT scale the pixels were decoded at, in eighths (8 for every non-JPEG).
+    pub eighths: u32,
+}
+
+/// The IDCT scale (in eighths) a plan on the upright original needs: the less-shrunk axis
+/// decides, so neither ends up with fewer pixels than it needs ([`jpeg::scale_eighths`]).
+pub fn needed_eighths(plan: &Plan) -> u32 {
+    let (_, _, cw, ch) = plan.crop;
+    let shrink = (cw / f64::from(plan.width)).min(ch / f64::from(plan.height));
+    jpeg::scale_eighths(shrink)
 }
 
 fn image_format(f: SourceFormat) -> Result<ImageFormat> {
@@ -89,13 +101,27 @@ pub fn decode(
     limits: &TransformLimits,
     resize: Option<Resize>,
 ) -> Result<Decoded> {
+    decode_scaled(bytes, format, limits, resize, 1)
+}
+
+/// [`decode`], with a JPEG decoded at no less than `at_least`/8 scale (a mezzanine meant to
+/// serve larger sizes later; other formats always decode in full).
+pub fn decode_scaled(
+    bytes: &[u8],
+    format: SourceFormat,
+    limits: &TransformLimits,
+    resize: Option<Resize>,
+    at_least: u32,
+) -> Result<Decoded> {
     container::check(bytes, format, limits.max_frames, limits.max_metadata_bytes)?;
     match format {
-        SourceFormat::Jpeg => return decode_jpeg(bytes, limits, resize),
+        SourceFormat::Jpeg => return decode_jpeg(bytes, limits, resize, at_least),
         SourceFormat::Avif => {
             let pixels = avif::decode(bytes, limits)?;
             return Ok(Decoded {
                 plan: geometry::plan(pixels.width, pixels.height, resize),
+                source: (pixels.width, pixels.height),
+                eighths: 8,
                 pixels,
             });
         }
@@ -123,6 +149,8 @@ pub fn decode(
     };
     Ok(Decoded {
         plan: geometry::plan(width, height, resize),
+        source: (width, height),
+        eighths: 8,
         pixels: Pixels {
             width,
             height,
@@ -133,7 +161,12 @@ pub fn decode(
     })
 }
 
-fn decode_jpeg(bytes: &[u8], limits: &TransformLimits, resize: Option<Resize>) -> Result<Decoded> {
+fn decode_jpeg(
+    bytes: &[u8],
+    limits: &TransformLimits,
+    resize: Option<Resize>,
+    at_least: u32,
+) -> Result<Decoded> {
     let meta = container::jpeg_meta(bytes);
     let orientation = Orientation::from_exif(meta.orientation).unwrap_or(Orientation::NoTransforms);
     let swaps = matches!(
@@ -152,18 +185,15 @@ fn decode_jpeg(bytes: &[u8], limits: &TransformLimits, resize: Option<Resize>) -
             (header.width, header.height)
         };
         let plan = geometry::plan(uw, uh, resize);
-        let (_, _, cw, ch) = plan.crop;
-        // The less-shrunk axis decides: neither may end up with fewer pixels than it needs.
-        let shrink = (cw / f64::from(plan.width)).min(ch / f64::from(plan.height));
-        let denom = if header.lossless {
-            1
+        let eighths = if header.lossless {
+            8
         } else {
-            jpeg::scale_denom(shrink)
+            needed_eighths(&plan).max(at_least).min(8)
         };
-        planned = Some((plan, denom, (uw, uh)));
-        Ok(denom)
+        planned = Some((plan, eighths, (uw, uh)));
+        Ok(eighths)
     })?;
-    let (plan, denom, (uw, uh)) = planned.ok_or_else(|| Error::Internal("jpeg plan".into()))?;
+    let (plan, eighths, (uw, uh)) = planned.ok_or_else(|| Error::Internal("jpeg plan".into()))?;
     let rgb = match header.color {
         jpeg::JpegColor::Rgb => samples,
         jpeg::JpegColor::Cmyk => color::cmyk_to_rgb(&samples, meta.adobe),
@@ -178,7 +208,9 @@ fn decode_jpeg(bytes: &[u8], limits: &TransformLimits, resize: Option<Resize>) -
         (img.width(), img.height(), img.into_rgb8().into_raw())
     };
     Ok(Decoded {
-        plan: plan.scaled(1.0 / f64::from(denom), (uw, uh)),
+        plan: plan.scaled(f64::from(eighths) / 8.0, (uw, uh)),
+        source: (uw, uh),
+        eighths,
         pixels: Pixels {
             width,
             height,

@@ -83,11 +83,29 @@ pub fn require_image(bytes: &[u8]) -> Result<SourceFormat> {
 
 /// Produce the variant `t` of the original `bytes`.
 pub fn transform(bytes: &[u8], t: &Transform, s: &TransformSettings) -> Result<Output> {
+    transform_via(bytes, t, s, |format, limits, resize| {
+        let decoded = decode::decode(bytes, format, limits, resize)?;
+        Ok((resize::resize(decoded.pixels, &decoded.plan)?, decoded.plan))
+    })
+}
+
+/// [`transform`] with the decode and resize steps supplied by the caller (the origin's
+/// mezzanine cache): `resized` gets the sniffed format, the limits and the resize, and returns
+/// the resized pixels and the plan they were resized by.
+pub fn transform_via(
+    bytes: &[u8],
+    t: &Transform,
+    s: &TransformSettings,
+    resized: impl FnOnce(
+        SourceFormat,
+        &TransformLimits,
+        Option<crate::variant::Resize>,
+    ) -> Result<(pixels::Pixels, geometry::Plan)>,
+) -> Result<Output> {
     let src_format = require_image(bytes)?;
     let format = t.format.unwrap_or_else(|| auto_format(src_format));
     let quality = t.quality.unwrap_or(s.default_quality);
-    let decode::Decoded { pixels, plan } = decode::decode(bytes, src_format, &s.limits, t.resize)?;
-    let mut pixels = resize::resize(pixels, &plan)?;
+    let (mut pixels, plan) = resized(src_format, &s.limits, t.resize)?;
     // Colour management on output-sized pixels: cheap, and close to converting first.
     if let Some(icc) = pixels.icc.take() {
         let ch = if pixels.has_alpha { 4 } else { 3 };

@@ -5,6 +5,7 @@ use super::TransformLimits;
 use crate::error::{Error, Result};
 
 /// Decoded pixels: RGB8, or RGBA8 when the source has alpha. Rows are tightly packed.
+#[derive(Clone)]
 pub struct Pixels {
     /// Width in pixels.
     pub width: u32,

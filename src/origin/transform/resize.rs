@@ -6,7 +6,7 @@
 //! in premultiplied alpha (`use_alpha`), so transparent pixels do not bleed dark fringes into
 //! their neighbours.
 
-use fast_image_resize::images::Image;
+use fast_image_resize::images::{Image, ImageRef};
 use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
 
 use super::geometry::{Canvas, Plan};
@@ -22,6 +22,14 @@ thread_local! {
 pub fn resize(src: Pixels, plan: &Plan) -> Result<Pixels> {
     if plan.is_identity(src.width, src.height) {
         return Ok(src);
+    }
+    resize_ref(&src, plan)
+}
+
+/// Resize borrowed pixels (a kept mezzanine) according to `plan`; the identity plan copies.
+pub fn resize_ref(src: &Pixels, plan: &Plan) -> Result<Pixels> {
+    if plan.is_identity(src.width, src.height) {
+        return Ok(src.clone());
     }
     let (_, _, crop_w, crop_h) = plan.crop;
     if !src.has_alpha && f64::from(plan.width) <= crop_w && f64::from(plan.height) <= crop_h {
@@ -39,7 +47,7 @@ pub fn resize(src: Pixels, plan: &Plan) -> Result<Pixels> {
             height: plan.height,
             has_alpha: false,
             data,
-            icc: src.icc,
+            icc: src.icc.clone(),
         });
     }
     let pixel_type = if src.has_alpha {
@@ -47,7 +55,7 @@ pub fn resize(src: Pixels, plan: &Plan) -> Result<Pixels> {
     } else {
         PixelType::U8x3
     };
-    let src_img = Image::from_vec_u8(src.width, src.height, src.data, pixel_type)
+    let src_img = ImageRef::new(src.width, src.height, &src.data, pixel_type)
         .map_err(|e| Error::Internal(format!("source buffer: {e}")))?;
     let mut dst = Image::new(plan.width, plan.height, pixel_type);
     let (left, top, w, h) = plan.crop;
@@ -63,7 +71,7 @@ pub fn resize(src: Pixels, plan: &Plan) -> Result<Pixels> {
         height: plan.height,
         has_alpha: src.has_alpha,
         data: dst.into_vec(),
-        icc: src.icc,
+        icc: src.icc.clone(),
     })
 }
 
