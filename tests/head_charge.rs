@@ -65,6 +65,18 @@ fn a_parsed_head_fits_its_charge() {
         h.insert_header("x-content-type-options", "nosniff")
     })
     .unwrap();
+    // Answers build their header from it and keep nothing.
+    let after_parse = LIVE.load(Ordering::SeqCst);
+    for _ in 0..3 {
+        let h = head.header().unwrap();
+        assert_eq!(h.headers.get("x-cache").unwrap(), "HIT");
+        assert_eq!(h.headers.len(), 10);
+    }
+    assert_eq!(
+        LIVE.load(Ordering::SeqCst),
+        after_parse,
+        "an answer's header outlived it"
+    );
     let kept = LIVE.load(Ordering::SeqCst) - before;
     assert!(kept > 0);
     assert!(

@@ -61,7 +61,9 @@ pub(super) async fn serve(
     if !head.is_fresh(now) || cache.purges.is_purged(&variant.id, head.created) {
         return Ok(false);
     }
-    let mut resp = head.header.clone();
+    let Some(mut resp) = head.header() else {
+        return Ok(false);
+    };
     // pingora-cache: an `Age` on every answer served from the cache (RFC 9111 §4).
     resp.insert_header(header::AGE, head.age(now).as_secs())?;
     crate::cache::storage::count_memory_hit();
