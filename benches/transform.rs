@@ -15,6 +15,7 @@ fn bench(c: &mut Criterion) {
         limits: TransformLimits::default(),
         background: [255, 255, 255],
         default_quality: 80,
+        avif_speed: imgedge::origin::transform::encode::AVIF_SPEED,
     };
     let opts = ParseOptions::default();
     let mut g = c.benchmark_group("transform");

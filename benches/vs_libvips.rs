@@ -46,6 +46,7 @@ fn main() {
         limits: TransformLimits::default(),
         background: [255, 255, 255],
         default_quality: 80,
+        avif_speed: imgedge::origin::transform::encode::AVIF_SPEED,
     };
     let cases = std::fs::read_to_string(dir.join("cases.tsv")).expect("cases.tsv");
     let mut results = String::new();

@@ -112,6 +112,11 @@ pub async fn fetch(
     mirror: bool,
 ) -> Result<Fetched, FetchError> {
     let mut req = client.get(url);
+    // A negotiated variant's class is filled by sending an Accept of that class (the node
+    // asked negotiates from the header, as for any client).
+    if let Some(accept) = crate::variant::AcceptClass::of_uri(url).and_then(|c| c.accept_header()) {
+        req = req.header(http::header::ACCEPT, accept);
+    }
     if mirror {
         req = req.header(MIRROR_HEADER, "1");
     }

@@ -13,7 +13,7 @@ use bytesize::ByteSize;
 use serde::Deserialize;
 
 use crate::secret::Secret;
-use crate::variant::{parse_box, parse_rgb, ParseOptions};
+use crate::variant::{parse_box, parse_rgb, DefaultFormat, ParseOptions};
 
 /// A configuration problem, always naming the key.
 #[derive(Debug, thiserror::Error)]
@@ -628,6 +628,47 @@ pub struct TransformConfig {
     /// Bytes of decoded originals kept so further sizes of a hot image skip the decode
     /// ("mezzanines"); 0 turns it off.
     pub mezzanine_bytes: ByteSize,
+    /// The format of a transform whose URL has no `format=`: `original` (the original's
+    /// format, what v1 URLs meant) or `auto` (negotiated from `Accept`, as `format=auto`).
+    pub default_format: DefaultFormatConfig,
+    /// How an AVIF answer for a negotiated (`format=auto`) request is made: `deferred` answers
+    /// a cold miss with the WebP of the same geometry (short `Cache-Control`, not cached) and
+    /// encodes the AVIF in the background; `inline` makes the client wait for the AVIF.
+    pub avif: AvifMode,
+    /// Threads that encode AVIF, apart from `workers`, so AVIF encodes can never take the
+    /// threads JPEG and WebP misses need. They run at a lower CPU priority (nice 10).
+    pub avif_workers: usize,
+    /// AVIF encodes allowed to wait for an AVIF thread (inline answers and deferred upgrades
+    /// together). Full: a deferred upgrade is skipped (the WebP stays until a later request
+    /// tries again) and an inline negotiated answer is the WebP; `format=avif` answers 503.
+    pub avif_queue: usize,
+    /// libaom's speed (libavif's 0..=10 scale: higher is faster and larger).
+    pub avif_speed: u8,
+    /// `Cache-Control: max-age` of the WebP answered while its AVIF is being made.
+    #[serde(with = "humantime_serde")]
+    pub avif_interim_ttl: Duration,
+}
+
+/// `transform.default_format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum DefaultFormatConfig {
+    /// The original's format.
+    #[default]
+    Original,
+    /// Negotiated from `Accept`.
+    Auto,
+}
+
+/// `transform.avif`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum AvifMode {
+    /// The client waits for the AVIF.
+    Inline,
+    /// WebP now, AVIF once the background encode lands.
+    #[default]
+    Deferred,
 }
 
 impl Default for TransformConfig {
@@ -639,6 +680,12 @@ impl Default for TransformConfig {
             default_quality: 80,
             background: "ffffff".into(),
             mezzanine_bytes: ByteSize::mib(256),
+            default_format: DefaultFormatConfig::Original,
+            avif: AvifMode::Deferred,
+            avif_workers: 1,
+            avif_queue: 32,
+            avif_speed: 8,
+            avif_interim_ttl: Duration::from_secs(30),
         }
     }
 }
@@ -1240,6 +1287,26 @@ impl Config {
                 "must be 0 (off) or at least 16 MiB (one decoded 2 MP original is 6 MB)",
             ));
         }
+        if self.transform.avif_workers == 0 {
+            return Err(invalid("transform.avif_workers", "must be at least 1"));
+        }
+        if self.transform.avif_queue == 0 {
+            return Err(invalid(
+                "transform.avif_queue",
+                "must be at least 1 (deferred upgrades wait there)",
+            ));
+        }
+        if self.transform.avif_speed > 10 {
+            return Err(invalid("transform.avif_speed", "must be in 0..=10"));
+        }
+        if self.transform.avif_interim_ttl.is_zero()
+            || self.transform.avif_interim_ttl > Duration::from_secs(300)
+        {
+            return Err(invalid(
+                "transform.avif_interim_ttl",
+                "must be between 1s and 5m (the WebP stands in for the AVIF only briefly)",
+            ));
+        }
         if self.cache.memory_bytes.as_u64() < 1024 * 1024 {
             return Err(invalid("cache.memory_bytes", "must be at least 1 MiB"));
         }
@@ -1461,6 +1528,10 @@ impl Config {
             max_dimension: self.limits.max_dimension,
             default_quality: self.transform.default_quality,
             background: self.transform.background_rgb(),
+            default_format: match self.transform.default_format {
+                DefaultFormatConfig::Original => DefaultFormat::Original,
+                DefaultFormatConfig::Auto => DefaultFormat::Auto,
+            },
         }
     }
 

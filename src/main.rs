@@ -124,7 +124,7 @@ fn sign(cfg: &Config, url: &str) -> Result<String, String> {
     };
     Ok(signing::append(
         &unsigned,
-        &signer.sign(&variant.canonical_uri()),
+        &signer.sign(&variant.signed_uri()),
     ))
 }
 

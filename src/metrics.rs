@@ -34,6 +34,15 @@ pub struct Metrics {
     pub pool_busy: IntGauge,
     /// Jobs waiting for a resize thread.
     pub pool_queued: IntGauge,
+    /// AVIF encodes refused because the AVIF pool was full (`transform.avif_queue`).
+    pub avif_rejected: IntCounter,
+    /// AVIF encodes running.
+    pub avif_busy: IntGauge,
+    /// AVIF encodes waiting for an AVIF thread.
+    pub avif_queued: IntGauge,
+    /// Background AVIF upgrades by result: `queued`, `done`, `skipped` (queue full),
+    /// `failed`, `served` (a ready AVIF answered a miss).
+    pub avif_upgrades: IntCounterVec,
     /// Storage lookups by tier (`memory`, `disk`) and result (`hit`, `stale`, `miss`).
     pub cache_lookups: IntCounterVec,
     /// Objects evicted to keep a tier within its byte bound, by tier.
@@ -163,12 +172,29 @@ static METRICS: Lazy<Metrics> = Lazy::new(|| {
         .expect("static metric definition");
     let pool_queued = IntGauge::new("imgedge_resize_pool_queued", "Resize jobs waiting.")
         .expect("static metric definition");
-    for m in [&pool_busy, &pool_queued] {
+    let avif_rejected = IntCounter::new(
+        "imgedge_avif_pool_rejected_total",
+        "AVIF encodes refused because the AVIF pool was full.",
+    )
+    .expect("static metric definition");
+    let avif_busy = IntGauge::new("imgedge_avif_pool_busy", "AVIF encodes running.")
+        .expect("static metric definition");
+    let avif_queued = IntGauge::new("imgedge_avif_pool_queued", "AVIF encodes waiting.")
+        .expect("static metric definition");
+    for m in [&pool_busy, &pool_queued, &avif_busy, &avif_queued] {
         r.register(Box::new(m.clone()))
             .expect("metric registered once");
     }
-    r.register(Box::new(pool_rejected.clone()))
-        .expect("metric registered once");
+    for m in [&pool_rejected, &avif_rejected] {
+        r.register(Box::new(m.clone()))
+            .expect("metric registered once");
+    }
+    let avif_upgrades = counter_vec(
+        &r,
+        "imgedge_avif_upgrades_total",
+        "Background AVIF upgrades by result (queued, done, skipped: queue full, failed, served).",
+        &["result"],
+    );
     let fetches_rejected = IntCounter::new(
         "imgedge_source_fetches_rejected_total",
         "Misses refused because origin.max_fetches fetches were in flight.",
@@ -331,6 +357,10 @@ static METRICS: Lazy<Metrics> = Lazy::new(|| {
         fetches_rejected,
         pool_busy,
         pool_queued,
+        avif_rejected,
+        avif_busy,
+        avif_queued,
+        avif_upgrades,
         mirror,
         proxy_protocol,
         tls_expiry,

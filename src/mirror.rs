@@ -54,7 +54,7 @@ impl Mirror {
         }
         let uri = variant.canonical_uri();
         let uri = match &self.signer {
-            Some(s) => signing::append(&uri, &s.sign(&uri)),
+            Some(s) => signing::append(&uri, &s.sign(&variant.signed_uri())),
             None => uri,
         };
         match self.tx.try_send(uri) {

@@ -20,6 +20,118 @@ pub const MAX_ID_LEN: usize = 512;
 /// Version of the key layout; bump it to orphan every cached object after a semantic change.
 const KEY_VERSION: &str = "v1";
 
+/// What the format of a negotiated (`format=auto`) answer may be, decided from the request's
+/// `Accept` header and collapsed to three classes, so a variant is at most three cached objects
+/// however many distinct `Accept` strings browsers send. The class, never the header, enters
+/// the key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum AcceptClass {
+    /// The client takes AVIF (and is sent it, or WebP while the AVIF is being made).
+    Avif,
+    /// The client takes WebP, not AVIF.
+    Webp,
+    /// Neither: the original's format when JPEG or PNG, else JPEG (PNG when it has alpha). A
+    /// request with no `Accept` (a log replay, `curl`) is this class.
+    #[default]
+    Legacy,
+}
+
+impl AcceptClass {
+    /// The class an `Accept` header puts a client in. Media ranges are read with their
+    /// q-values: `q=0` refuses a type, and `image/*` or `*/*` alone promise neither AVIF nor
+    /// WebP (old browsers send them and cannot decode either). When both are taken, the one
+    /// with the higher q wins, AVIF on a tie.
+    pub fn from_accept(accept: Option<&[u8]>) -> AcceptClass {
+        let Some(accept) = accept.and_then(|a| std::str::from_utf8(a).ok()) else {
+            return AcceptClass::Legacy;
+        };
+        let (mut avif, mut webp) = (0u16, 0u16);
+        for range in accept.split(',') {
+            let mut parts = range.split(';');
+            let kind = parts.next().unwrap_or("").trim();
+            let q = parts
+                .filter_map(|p| p.split_once('='))
+                .find(|(k, _)| k.trim().eq_ignore_ascii_case("q"))
+                .map_or(1000, |(_, v)| q_thousandths(v.trim()));
+            if kind.eq_ignore_ascii_case("image/avif") {
+                avif = avif.max(q);
+            } else if kind.eq_ignore_ascii_case("image/webp") {
+                webp = webp.max(q);
+            }
+        }
+        match (avif, webp) {
+            (0, 0) => AcceptClass::Legacy,
+            (a, w) if a >= w => AcceptClass::Avif,
+            _ => AcceptClass::Webp,
+        }
+    }
+
+    fn parse(s: &str) -> Result<Self> {
+        match s {
+            "avif" => Ok(AcceptClass::Avif),
+            "webp" => Ok(AcceptClass::Webp),
+            "legacy" => Ok(AcceptClass::Legacy),
+            _ => Err(Error::bad_request("accept must be avif, webp or legacy")),
+        }
+    }
+
+    /// An `Accept` header that puts a client in this class: what `imgedge warm` and mirror
+    /// mode send with a canonical URI, so the node they ask fills the class the URI names.
+    pub fn accept_header(self) -> Option<&'static str> {
+        match self {
+            AcceptClass::Avif => Some("image/avif,image/webp,*/*"),
+            AcceptClass::Webp => Some("image/webp,*/*"),
+            AcceptClass::Legacy => None,
+        }
+    }
+
+    /// The class a canonical URI names (its `accept=`), if any.
+    pub fn of_uri(uri: &str) -> Option<AcceptClass> {
+        let query = uri.split_once('?')?.1;
+        query
+            .split('&')
+            .find_map(|kv| kv.strip_prefix("accept="))
+            .and_then(|c| AcceptClass::parse(c).ok())
+    }
+
+    /// The class's name in keys, URIs and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AcceptClass::Avif => "avif",
+            AcceptClass::Webp => "webp",
+            AcceptClass::Legacy => "legacy",
+        }
+    }
+}
+
+/// An HTTP q-value (`0`, `0.5`, `1.000`) in thousandths; anything malformed counts as 0, so a
+/// garbled range never promises a format.
+fn q_thousandths(v: &str) -> u16 {
+    let (int, frac) = v.split_once('.').unwrap_or((v, ""));
+    if frac.len() > 3 || !frac.bytes().all(|b| b.is_ascii_digit()) {
+        return 0;
+    }
+    let frac_val = frac
+        .bytes()
+        .fold(0u16, |acc, b| acc * 10 + u16::from(b - b'0'))
+        * 10u16.pow(3 - frac.len() as u32);
+    match int {
+        "0" => frac_val,
+        "1" if frac_val == 0 => 1000,
+        _ => 0,
+    }
+}
+
+/// What a transform without `format=` is encoded as (`transform.default_format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DefaultFormat {
+    /// The original's format (JPEG, PNG or WebP), else JPEG: what v1 URLs always meant.
+    #[default]
+    Original,
+    /// Negotiated from `Accept`, as `format=auto`.
+    Auto,
+}
+
 /// How a resized image fills its box.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Fit {
@@ -80,6 +192,8 @@ pub enum OutputFormat {
     Png,
     /// WebP (lossy).
     Webp,
+    /// AVIF (lossy AV1, 8-bit 4:2:0).
+    Avif,
 }
 
 impl OutputFormat {
@@ -88,7 +202,10 @@ impl OutputFormat {
             "jpeg" | "jpg" => Ok(OutputFormat::Jpeg),
             "png" => Ok(OutputFormat::Png),
             "webp" => Ok(OutputFormat::Webp),
-            _ => Err(Error::bad_request("format must be jpeg, png or webp")),
+            "avif" => Ok(OutputFormat::Avif),
+            _ => Err(Error::bad_request(
+                "format must be auto, jpeg, png, webp or avif",
+            )),
         }
     }
 
@@ -98,6 +215,7 @@ impl OutputFormat {
             OutputFormat::Jpeg => "jpeg",
             OutputFormat::Png => "png",
             OutputFormat::Webp => "webp",
+            OutputFormat::Avif => "avif",
         }
     }
 
@@ -107,6 +225,7 @@ impl OutputFormat {
             OutputFormat::Jpeg => "image/jpeg",
             OutputFormat::Png => "image/png",
             OutputFormat::Webp => "image/webp",
+            OutputFormat::Avif => "image/avif",
         }
     }
 
@@ -133,9 +252,12 @@ pub struct Resize {
 pub struct Transform {
     /// The box, or `None` to keep the original dimensions.
     pub resize: Option<Resize>,
-    /// Output format, or `None` for automatic: the original's format when it is JPEG, PNG or
-    /// WebP, else JPEG.
+    /// Output format, or `None` for automatic: the negotiated class's format when
+    /// `negotiated`, else the original's format when it is JPEG, PNG or WebP, else JPEG.
     pub format: Option<OutputFormat>,
+    /// `Some` when the format is negotiated (`format=auto`): the client's class. Such answers
+    /// carry `Vary: Accept`; the class is part of the key.
+    pub negotiated: Option<AcceptClass>,
     /// Quality 1..=100, or `None` when the format is lossless (folded out of the key).
     pub quality: Option<u8>,
 }
@@ -158,6 +280,8 @@ pub struct ParseOptions {
     pub default_quality: u8,
     /// `fit=contain` padding when `bg` is absent.
     pub background: [u8; 3],
+    /// The format of a transform without `format=`.
+    pub default_format: DefaultFormat,
 }
 
 impl Default for ParseOptions {
@@ -166,6 +290,7 @@ impl Default for ParseOptions {
             max_dimension: 4096,
             default_quality: 80,
             background: [255, 255, 255],
+            default_format: DefaultFormat::Original,
         }
     }
 }
@@ -179,6 +304,7 @@ struct Params<'a> {
     q: Option<std::borrow::Cow<'a, str>>,
     dpr: Option<std::borrow::Cow<'a, str>>,
     bg: Option<std::borrow::Cow<'a, str>>,
+    accept: Option<std::borrow::Cow<'a, str>>,
 }
 
 impl<'a> Params<'a> {
@@ -194,6 +320,9 @@ impl<'a> Params<'a> {
                 "q" => &mut p.q,
                 "dpr" => &mut p.dpr,
                 "bg" => &mut p.bg,
+                // The class of a negotiated variant, in the URI the edge sends to its origin
+                // or a peer; a client's own value is replaced by its Accept's at the edge.
+                "accept" => &mut p.accept,
                 _ => continue, // utm_*, cache busters: never part of the variant
             };
             if slot.is_some() {
@@ -222,9 +351,10 @@ impl Variant {
             Some(q) => Some(parse_quality(q)?),
             None => None,
         };
-        let format = match params.format.as_deref() {
-            Some(f) => Some(OutputFormat::parse(f)?),
-            None => None,
+        let (format, auto) = match params.format.as_deref() {
+            Some("auto") => (None, true),
+            Some(f) => (Some(OutputFormat::parse(f)?), false),
+            None => (None, false),
         };
         let bg = match params.bg.as_deref() {
             Some(b) => parse_rgb(b).ok_or_else(|| Error::bad_request("bg must be RRGGBB hex"))?,
@@ -243,11 +373,22 @@ impl Variant {
             None => None,
         };
 
-        let transform = if resize.is_some() || format.is_some() || quality.is_some() {
+        let transform = if resize.is_some() || format.is_some() || quality.is_some() || auto {
+            let negotiate =
+                auto || (format.is_none() && opts.default_format == DefaultFormat::Auto);
+            let negotiated = match (negotiate, params.accept.as_deref()) {
+                (true, Some(c)) => Some(AcceptClass::parse(c)?),
+                (true, None) => Some(AcceptClass::Legacy),
+                (false, Some(_)) => {
+                    return Err(Error::bad_request("accept is only valid with format=auto"))
+                }
+                (false, None) => None,
+            };
             let lossless = format.is_some_and(|f| !f.is_lossy());
             Some(Transform {
                 resize,
                 format,
+                negotiated,
                 quality: if lossless {
                     None
                 } else {
@@ -255,9 +396,29 @@ impl Variant {
                 },
             })
         } else {
+            if params.accept.is_some() {
+                return Err(Error::bad_request("accept is only valid with format=auto"));
+            }
             None
         };
         Ok(Variant { id, transform })
+    }
+
+    /// Put a negotiated variant in the class `accept` (the client's `Accept` header) says; a
+    /// variant with an explicit format is left alone.
+    pub fn negotiate(&mut self, accept: Option<&[u8]>) {
+        if let Some(Transform {
+            negotiated: Some(class),
+            ..
+        }) = &mut self.transform
+        {
+            *class = AcceptClass::from_accept(accept);
+        }
+    }
+
+    /// Whether the answer depends on the `Accept` header (and so carries `Vary: Accept`).
+    pub fn is_negotiated(&self) -> bool {
+        self.transform.is_some_and(|t| t.negotiated.is_some())
     }
 
     /// The cache key: versioned, length-prefixed, every field after defaults. Two URLs that mean
@@ -279,7 +440,13 @@ impl Variant {
                     num(w),
                     num(h),
                     fit.map_or("-", Fit::as_str),
-                    t.format.map_or("auto", |f| f.as_str()),
+                    match (t.format, t.negotiated) {
+                        (Some(f), _) => f.as_str(),
+                        (None, Some(AcceptClass::Avif)) => "auto-avif",
+                        (None, Some(AcceptClass::Webp)) => "auto-webp",
+                        (None, Some(AcceptClass::Legacy)) => "auto-legacy",
+                        (None, None) => "auto",
+                    },
                     t.quality.map_or("-".to_string(), |q| q.to_string()),
                 );
                 // The padding colour matters only to contain; defaults are already filled in.
@@ -292,8 +459,20 @@ impl Variant {
     }
 
     /// The canonical request URI for this variant. Parsing it gives back `self`; the edge sends
-    /// it to the origin so both sides work from the same description.
+    /// it to the origin so both sides work from the same description. A negotiated variant's
+    /// class travels as `accept=`.
     pub fn canonical_uri(&self) -> String {
+        let mut uri = self.signed_uri();
+        if let Some(class) = self.transform.and_then(|t| t.negotiated) {
+            uri.push_str("&accept=");
+            uri.push_str(class.as_str());
+        }
+        uri
+    }
+
+    /// The canonical URI without the negotiated class: what a URL signature covers, so one
+    /// signed URL serves every class.
+    pub fn signed_uri(&self) -> String {
         let mut uri = format!("{IMAGE_PREFIX}{}", self.id);
         if let Some(t) = &self.transform {
             let mut sep = '?';
@@ -315,6 +494,8 @@ impl Variant {
             }
             if let Some(f) = t.format {
                 push(&mut uri, format!("format={}", f.as_str()));
+            } else if t.negotiated.is_some() {
+                push(&mut uri, "format=auto".to_string());
             }
             if let Some(q) = t.quality {
                 push(&mut uri, format!("q={q}"));
@@ -592,6 +773,183 @@ mod tests {
         assert_ne!(key("/image/a", "format=png"), key("/image/a", ""));
     }
 
+    /// `Accept` strings real clients send (2024–2026 releases unless named).
+    const CHROME: &str = "image/avif,image/webp,image/apng,image/svg+xml,image/*,*/*;q=0.8";
+    const SAFARI: &str = "image/webp,image/avif,image/jxl,image/heic,image/heic-sequence,video/*;q=0.8,image/png,image/svg+xml,image/*;q=0.8,*/*;q=0.5";
+    const FIREFOX: &str = "image/avif,image/webp,image/png,image/svg+xml,image/*;q=0.8,*/*;q=0.5";
+    /// Android 7 WebView (Chrome 60 era): WebP, no AVIF.
+    const OLD_WEBVIEW: &str = "image/webp,image/apng,image/*,*/*;q=0.8";
+    /// Safari 13 / IE 11 era.
+    const OLD_SAFARI: &str = "image/png,image/svg+xml,image/*;q=0.8,video/*;q=0.8,*/*;q=0.5";
+    const CURL: &str = "*/*";
+
+    #[test]
+    fn accept_headers_collapse_to_three_classes() {
+        let class = |a: &str| AcceptClass::from_accept(Some(a.as_bytes()));
+        assert_eq!(class(CHROME), AcceptClass::Avif);
+        assert_eq!(class(SAFARI), AcceptClass::Avif);
+        assert_eq!(class(FIREFOX), AcceptClass::Avif);
+        assert_eq!(class(OLD_WEBVIEW), AcceptClass::Webp);
+        assert_eq!(class(OLD_SAFARI), AcceptClass::Legacy);
+        assert_eq!(class(CURL), AcceptClass::Legacy);
+        assert_eq!(AcceptClass::from_accept(None), AcceptClass::Legacy);
+        assert_eq!(class(""), AcceptClass::Legacy);
+        // q=0 refuses; wildcards promise nothing.
+        assert_eq!(class("image/avif;q=0,image/webp,*/*"), AcceptClass::Webp);
+        assert_eq!(
+            class("image/avif; q=0.0, image/webp;q=0"),
+            AcceptClass::Legacy
+        );
+        assert_eq!(class("image/*,*/*"), AcceptClass::Legacy);
+        // Preference by q, AVIF on a tie; case and spaces do not matter.
+        assert_eq!(
+            class("image/avif;q=0.5, image/webp;q=0.9"),
+            AcceptClass::Webp
+        );
+        assert_eq!(
+            class("image/webp;q=0.8,image/avif;q=0.8"),
+            AcceptClass::Avif
+        );
+        assert_eq!(class(" IMAGE/AVIF ; Q=1 "), AcceptClass::Avif);
+        // Malformed q-values promise nothing.
+        for bad in [
+            "image/avif;q=abc",
+            "image/avif;q=2",
+            "image/avif;q=0.1234",
+            "image/avif;q=-1",
+        ] {
+            assert_eq!(class(bad), AcceptClass::Legacy, "{bad}");
+        }
+        assert_eq!(class("image/avif;q=0.001"), AcceptClass::Avif);
+        // Non-UTF-8 bytes: legacy, never a panic.
+        assert_eq!(
+            AcceptClass::from_accept(Some(b"image/avif\xff")),
+            AcceptClass::Legacy
+        );
+        // Each class's representative header (warm, mirror) is read back as that class.
+        for c in [AcceptClass::Avif, AcceptClass::Webp, AcceptClass::Legacy] {
+            assert_eq!(
+                AcceptClass::from_accept(c.accept_header().map(str::as_bytes)),
+                c
+            );
+        }
+    }
+
+    #[test]
+    fn negotiated_variants_key_on_the_class_and_sign_without_it() {
+        let opts = ParseOptions::default();
+        let with = |accept: Option<&str>| {
+            let mut v =
+                Variant::parse("/image/a.jpg", Some("size=300x&format=auto"), &opts).unwrap();
+            v.negotiate(accept.map(str::as_bytes));
+            v
+        };
+        let (chrome, safari, webview, curl) = (
+            with(Some(CHROME)),
+            with(Some(SAFARI)),
+            with(Some(OLD_WEBVIEW)),
+            with(Some(CURL)),
+        );
+        // Two different Accept strings, one class, one key.
+        assert_eq!(chrome.cache_key(), safari.cache_key());
+        let keys: std::collections::HashSet<_> = [&chrome, &webview, &curl]
+            .iter()
+            .map(|v| v.cache_key())
+            .collect();
+        assert_eq!(keys.len(), 3);
+        assert!(chrome.is_negotiated());
+        // The class travels to the origin and peers in the URI, which parses back to it.
+        assert_eq!(
+            chrome.canonical_uri(),
+            "/image/a.jpg?size=300x&fit=inside&format=auto&q=80&accept=avif"
+        );
+        assert_eq!(
+            Variant::parse(
+                "/image/a.jpg",
+                chrome.canonical_uri().split_once('?').map(|q| q.1),
+                &opts
+            )
+            .unwrap(),
+            chrome
+        );
+        assert_eq!(
+            AcceptClass::of_uri(&webview.canonical_uri()),
+            Some(AcceptClass::Webp)
+        );
+        // One signature for every class.
+        assert_eq!(chrome.signed_uri(), curl.signed_uri());
+        assert_eq!(
+            chrome.signed_uri(),
+            "/image/a.jpg?size=300x&fit=inside&format=auto&q=80"
+        );
+        // A client's own accept= is replaced by its header's class at the edge.
+        let mut forged = Variant::parse(
+            "/image/a.jpg",
+            Some("size=300x&format=auto&accept=avif"),
+            &opts,
+        )
+        .unwrap();
+        forged.negotiate(Some(CURL.as_bytes()));
+        assert_eq!(forged, curl);
+        // No Accept at all (a replayed log line): legacy.
+        let logged = Variant::parse("/image/a.jpg", Some("size=300x&format=auto"), &opts).unwrap();
+        assert_eq!(logged.cache_key(), curl.cache_key());
+        // Explicit formats are not negotiated; accept= needs format=auto.
+        let mut explicit =
+            Variant::parse("/image/a.jpg", Some("size=300x&format=avif"), &opts).unwrap();
+        explicit.negotiate(Some(OLD_WEBVIEW.as_bytes()));
+        assert!(!explicit.is_negotiated());
+        assert_eq!(explicit.transform.unwrap().format, Some(OutputFormat::Avif));
+        for q in [
+            "size=300x&format=webp&accept=avif",
+            "accept=webp",
+            "size=3x&accept=legacy",
+        ] {
+            assert_eq!(
+                Variant::parse("/image/a.jpg", Some(q), &opts)
+                    .unwrap_err()
+                    .status(),
+                400,
+                "{q}"
+            );
+        }
+        assert_eq!(
+            Variant::parse("/image/a.jpg", Some("format=auto&accept=jxl"), &opts)
+                .unwrap_err()
+                .status(),
+            400
+        );
+    }
+
+    #[test]
+    fn default_format_auto_negotiates_transforms_only() {
+        let auto = ParseOptions {
+            default_format: DefaultFormat::Auto,
+            ..ParseOptions::default()
+        };
+        let v = Variant::parse("/image/a.jpg", Some("size=300x"), &auto).unwrap();
+        assert!(v.is_negotiated());
+        // The same variant as an explicit format=auto.
+        assert_eq!(
+            v,
+            Variant::parse("/image/a.jpg", Some("size=300x&format=auto"), &auto).unwrap()
+        );
+        // An explicit format still wins; the original is still the original.
+        assert!(
+            !Variant::parse("/image/a.jpg", Some("size=300x&format=png"), &auto)
+                .unwrap()
+                .is_negotiated()
+        );
+        assert!(Variant::parse("/image/a.jpg", None, &auto)
+            .unwrap()
+            .transform
+            .is_none());
+        // v1 meaning by default.
+        let v1 =
+            Variant::parse("/image/a.jpg", Some("size=300x"), &ParseOptions::default()).unwrap();
+        assert!(!v1.is_negotiated());
+    }
+
     mod props {
         use super::*;
         use proptest::prelude::*;
@@ -605,7 +963,7 @@ mod tests {
                     .prop_map(|f| format!("fit={f}")),
                 prop::sample::select(vec!["ffffff", "000000", "FFFFFF", "1a2B3c"])
                     .prop_map(|b| format!("bg={b}")),
-                prop::sample::select(vec!["jpeg", "jpg", "png", "webp"])
+                prop::sample::select(vec!["jpeg", "jpg", "png", "webp", "avif", "auto"])
                     .prop_map(|f| format!("format={f}")),
                 (1u8..=100).prop_map(|q| format!("q={q}")),
                 prop::sample::select(vec!["1", "1.5", "2", "3", "4"])

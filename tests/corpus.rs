@@ -62,6 +62,7 @@ fn settings() -> TransformSettings {
         limits: TransformLimits::default(),
         background: [255, 255, 255],
         default_quality: 80,
+        avif_speed: imgedge::origin::transform::encode::AVIF_SPEED,
     }
 }
 

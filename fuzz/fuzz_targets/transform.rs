@@ -58,6 +58,7 @@ fuzz_target!(|data: &[u8]| {
     let t = Transform {
         resize,
         format,
+        negotiated: None,
         quality: Some(1 + b % 100),
     };
     // Small limits keep each run fast; the checks are the same at any size.
@@ -69,6 +70,7 @@ fuzz_target!(|data: &[u8]| {
         },
         background: [255, 255, 255],
         default_quality: 80,
+        avif_speed: transform::encode::AVIF_SPEED,
     };
     let _ = transform(data, &t, &s);
     if let Some(f) = sniff::sniff(data) {

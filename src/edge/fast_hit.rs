@@ -55,7 +55,8 @@ pub(super) async fn serve(
     };
     let now = SystemTime::now();
     let len = obj.body.len();
-    let Some(head) = obj.head(|h| prepare(h, len)) else {
+    let negotiated = variant.is_negotiated();
+    let Some(head) = obj.head(|h| prepare(h, len, negotiated)) else {
         return Ok(false);
     };
     if !head.is_fresh(now) || cache.purges.is_purged(&variant.id, head.created) {
@@ -80,8 +81,9 @@ pub(super) async fn serve(
 }
 
 /// Turn a stored header into the one pingora-cache's hit path plus the edge's response filter
-/// would send, less `Age` (added per answer). Done once per object.
-fn prepare(h: &mut ResponseHeader, len: usize) -> Result<()> {
+/// would send, less `Age` (added per answer). Done once per object; `negotiated` is the
+/// variant's (its key says it, so it is the same for every caller).
+fn prepare(h: &mut ResponseHeader, len: usize, negotiated: bool) -> Result<()> {
     if !h.headers.contains_key(header::CONTENT_LENGTH) {
         // The whole body is at hand (pingora-cache would send it chunked).
         h.insert_header(header::CONTENT_LENGTH, len)?;
@@ -95,6 +97,9 @@ fn prepare(h: &mut ResponseHeader, len: usize) -> Result<()> {
     h.insert_header("x-cache", "HIT")?;
     h.insert_header("x-content-type-options", "nosniff")?;
     h.remove_header(&header::VARY);
+    if negotiated {
+        h.insert_header(header::VARY, "Accept")?;
+    }
     h.remove_header(&SOURCE_ETAG);
     Ok(())
 }

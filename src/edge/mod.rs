@@ -4,8 +4,10 @@
 //! (400/404/405), apply the [`Policy`] (signature 403, size policy), all before the cache; key
 //! the cache on the variant alone, serve hits from [`crate::cache`], and on a miss send the
 //! variant's canonical URI to the origin service over its Unix socket. Pingora's cache lock
-//! makes concurrent misses for one key wait for a single fill. Headers never enter the key and
-//! no `Vary` is sent, so User-Agent or Cookie cannot split the cache. A miss spends the
+//! makes concurrent misses for one key wait for a single fill. Headers never enter the key: a
+//! `format=auto` request's `Accept` is collapsed to one of three classes first
+//! ([`crate::variant::AcceptClass`]), and only those answers carry `Vary: Accept`, so
+//! User-Agent, Cookie or the many `Accept` strings cannot split the cache. A miss spends the
 //! client's miss budget (429 past it); hits never do.
 //!
 //! In a cluster ([`crate::cluster`]) a miss goes to the id's owner instead of the local origin
@@ -46,6 +48,7 @@ use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::error::Error;
 use crate::metrics::metrics;
+use crate::origin::upgrade::INTERIM;
 use crate::origin::{Timings, SERVER_TIMING, SOURCE_ETAG};
 use crate::policy::Policy;
 use crate::variant::{ParseOptions, Variant};
@@ -315,10 +318,14 @@ impl ProxyHttp for Edge {
         } else {
             self.check_size(req)
                 .and_then(|()| Variant::parse(req.uri.path(), req.uri.query(), &self.parse))
-                // A peer's request was admitted by the node the client asked.
+                // A peer's request was admitted, and its class negotiated, by the node the
+                // client asked.
                 .and_then(|v| match self.from_peer {
                     true => Ok(v),
-                    false => self.policy.admit(req.uri.query(), v),
+                    false => self.policy.admit(req.uri.query(), v).map(|mut v| {
+                        v.negotiate(req.headers.get(http::header::ACCEPT).map(|a| a.as_bytes()));
+                        v
+                    }),
                 })
         };
         match parsed {
@@ -417,6 +424,11 @@ impl ProxyHttp for Edge {
         if purged_meanwhile {
             tracing::debug!("a fill started before a purge of its id: not cached");
             return Ok(RespCacheable::Uncacheable(NoCacheReason::Deferred));
+        }
+        // A WebP standing in for an AVIF being made: the client may keep it briefly, the
+        // cache must not (the AVIF answers the next miss).
+        if resp.headers.contains_key(&INTERIM) {
+            return Ok(RespCacheable::Uncacheable(NoCacheReason::OriginNotCache));
         }
         // 200s for their TTL; 404/422 for the short negative TTL the origin sets, so a flood of
         // missing or broken ids does not hammer S3 or the pool. Transient failures never.
@@ -551,10 +563,15 @@ impl ProxyHttp for Edge {
             resp.insert_header(PEER_HEADER, peer)?;
         }
         resp.insert_header("x-content-type-options", "nosniff")?;
+        // Only the Accept class may vary an answer, and only a negotiated one's (`format=auto`).
         resp.remove_header("vary");
-        // Internal; a peer's copy keeps it (the asking node caches it for its revalidations).
+        if ctx.variant.as_ref().is_some_and(Variant::is_negotiated) {
+            resp.insert_header("vary", "Accept")?;
+        }
+        // Internal; a peer's copy keeps them (the asking node caches by them).
         if !self.from_peer {
             resp.remove_header(&SOURCE_ETAG);
+            resp.remove_header(&INTERIM);
         }
         Ok(())
     }

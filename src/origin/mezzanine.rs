@@ -27,7 +27,9 @@ use super::transform::decode::{self, needed_eighths};
 use super::transform::geometry::{self, Plan};
 use super::transform::pixels::Pixels;
 use super::transform::sniff::SourceFormat;
-use super::transform::{resize, transform_via, Output, TransformLimits, TransformSettings};
+use super::transform::{
+    prepare_via, resize, transform_via, Output, Prepared, TransformLimits, TransformSettings,
+};
 use crate::error::Result;
 use crate::metrics::metrics;
 use crate::variant::{Resize, Transform};
@@ -107,6 +109,19 @@ impl Mezzanines {
         s: &TransformSettings,
     ) -> Result<Output> {
         transform_via(bytes, t, s, |format, limits, resize| {
+            self.resized(key, bytes, format, limits, resize)
+        })
+    }
+
+    /// [`Self::transform`] less the encode ([`super::transform::prepare_via`]).
+    pub fn prepare(
+        &self,
+        key: &str,
+        bytes: &[u8],
+        t: &Transform,
+        s: &TransformSettings,
+    ) -> Result<Prepared> {
+        prepare_via(bytes, t, s, |format, limits, resize| {
             self.resized(key, bytes, format, limits, resize)
         })
     }

@@ -18,6 +18,7 @@ pub mod pool;
 pub mod results;
 pub mod source;
 pub mod transform;
+pub mod upgrade;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -32,7 +33,7 @@ use crate::cache::purge::PurgeLog;
 use crate::config::{Config, SourceKind};
 use crate::error::{Error, Result};
 use crate::metrics::metrics;
-use crate::variant::{self, ParseOptions, Variant};
+use crate::variant::{self, AcceptClass, OutputFormat, ParseOptions, Variant};
 use mezzanine::Mezzanines;
 use pool::ResizePool;
 use results::Results;
@@ -40,9 +41,10 @@ use source::{
     Fallback, Fetched, KeyTemplate, LocalSource, Lookup, S3Source, Source, SourceCache, SourceError,
 };
 use transform::{TransformLimits, TransformSettings};
+use upgrade::{Found, Upgrades};
 
 /// A successful answer: the bytes and their type.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Rendered {
     /// Body.
     pub body: Vec<u8>,
@@ -72,6 +74,9 @@ pub enum Answer {
     Body(Rendered),
     /// The edge's cached variant is still current (304): its original did not change.
     NotModified(Validators),
+    /// A WebP standing in for an AVIF being made ([`upgrade`]): 200 with a short TTL, not kept
+    /// by the edge.
+    Interim(Rendered),
 }
 
 /// The internal header carrying the original's tag at the source with each variant, from the
@@ -144,6 +149,8 @@ pub struct Origin {
     negative_cache_control: String,
     /// The shared result tier (`origin.results`), if configured.
     results: Option<Arc<Results>>,
+    /// AVIF encodes: their pool and the background upgrades.
+    upgrades: Upgrades,
     /// What else decides a variant's bytes besides its original and key: transform version,
     /// package version and settings; part of every derived `ETag`.
     etag_seed: String,
@@ -180,6 +187,7 @@ impl Origin {
             },
             background: cfg.transform.background_rgb(),
             default_quality: cfg.transform.default_quality,
+            avif_speed: cfg.transform.avif_speed,
         };
         Ok(Origin {
             source,
@@ -213,6 +221,7 @@ impl Origin {
                 cfg.origin.negative_ttl.as_secs()
             ),
             results: None,
+            upgrades: Upgrades::from_config(cfg),
         })
     }
 
@@ -226,6 +235,7 @@ impl Origin {
     /// its original was fetched is fetched again).
     pub fn with_purges(mut self, purges: &'static PurgeLog) -> Self {
         self.originals = self.originals.map(|c| c.with_purges(purges));
+        self.upgrades = self.upgrades.with_purges(purges);
         self
     }
 
@@ -351,6 +361,19 @@ impl Origin {
                 return Ok(Answer::Body(hit));
             }
         }
+        // A negotiated AVIF whose upgrade is under way or done: no fetch, no work.
+        if revalidating.is_none() && variant.transform.is_some_and(|t| negotiated_avif(&t)) {
+            match self.upgrades.lookup(&variant.cache_key()) {
+                Some(Found::Avif(avif)) => {
+                    if let Some(r) = results {
+                        r.store(&variant, &avif, SystemTime::now());
+                    }
+                    return Ok(Answer::Body(avif));
+                }
+                Some(Found::Interim(webp)) => return Ok(Answer::Interim(webp)),
+                None => {}
+            }
+        }
         let fetched_at = SystemTime::now();
         // A fetch waits on the source, not on a CPU: it takes a fetch permit, and a pool slot
         // only once its original is here, so a slow source cannot fill the pool (and answer
@@ -400,6 +423,7 @@ impl Origin {
                         let t = variant::Transform {
                             resize: None,
                             format: None,
+                            negotiated: None,
                             quality: Some(settings.default_quality),
                         };
                         let out = transform::transform(&original, &t, &settings)?;
@@ -423,25 +447,42 @@ impl Origin {
                         .as_deref()
                         .map(|e| format!("{}\n{e}", variant.id)),
                 );
+                let prepare = move |original: &[u8]| match &mezzanine {
+                    Some((m, key)) => m.prepare(key, original, &t, &settings),
+                    None => transform::prepare_via(original, &t, &settings, |f, l, r| {
+                        let decoded = transform::decode::decode(original, f, l, r)?;
+                        Ok((
+                            transform::resize::resize(decoded.pixels, &decoded.plan)?,
+                            decoded.plan,
+                        ))
+                    }),
+                };
+                if wants_avif(&t) {
+                    return self
+                        .render_avif(
+                            &variant,
+                            t,
+                            slot,
+                            original,
+                            prepare,
+                            known_etag,
+                            source_etag,
+                            fetched_at,
+                            timings,
+                        )
+                        .await;
+                }
                 let (out, etag, took) = self
                     .pool
                     .run(&slot, move || {
                         let started = Instant::now();
-                        let out = match &mezzanine {
-                            Some((m, key)) => m.transform(key, &original, &t, &settings)?,
-                            None => transform::transform(&original, &t, &settings)?,
-                        };
+                        let out = prepare(&original)?.encode()?;
                         let tag = known_etag.unwrap_or_else(|| etag(&out.bytes));
                         Ok((out, tag, started.elapsed()))
                     })
                     .await?;
                 timings.resize = Some(took);
-                let format = out.format.as_str();
-                metrics().transforms.with_label_values(&[format]).inc();
-                metrics()
-                    .resize_duration
-                    .with_label_values(&[format])
-                    .observe(took.as_secs_f64());
+                count_transform(out.format, Some(took));
                 let rendered = Rendered {
                     body: out.bytes,
                     mime: out.format.mime(),
@@ -454,6 +495,127 @@ impl Origin {
                 Ok(Answer::Body(rendered))
             }
         }
+    }
+
+    /// An AVIF variant (`format=avif`, or the `avif` class of `format=auto`): prepared on the
+    /// resize pool, encoded on the AVIF pool. A negotiated one in deferred mode, or when the
+    /// AVIF pool is full, answers the interim WebP instead ([`upgrade`]).
+    #[allow(clippy::too_many_arguments)]
+    async fn render_avif(
+        &self,
+        variant: &Variant,
+        t: variant::Transform,
+        slot: pool::Slot,
+        original: bytes::Bytes,
+        prepare: impl FnOnce(&[u8]) -> Result<transform::Prepared> + Send + 'static,
+        known_etag: Option<String>,
+        source_etag: Option<String>,
+        fetched_at: SystemTime,
+        timings: &mut Timings,
+    ) -> Result<Answer> {
+        let negotiated = t.format.is_none();
+        let deferred = negotiated && self.upgrades.deferred();
+        let (prepared, interim, took) = self
+            .pool
+            .run(&slot, move || {
+                let started = Instant::now();
+                let prepared = prepare(&original)?;
+                let interim = match deferred {
+                    true => Some(interim_of(&prepared)?),
+                    false => None,
+                };
+                Ok((prepared, interim, started.elapsed()))
+            })
+            .await?;
+        timings.resize = Some(took);
+        let key = variant.cache_key();
+        let label = {
+            let source_etag = source_etag.clone();
+            move |body: Vec<u8>| Rendered {
+                etag: known_etag.unwrap_or_else(|| etag(&body)),
+                body,
+                mime: OutputFormat::Avif.mime(),
+                source_etag,
+            }
+        };
+        // Inline: wait for the AVIF pool, or stand the WebP in when it is full (an explicit
+        // `format=avif` has no stand-in: 503).
+        let avif_slot = match deferred {
+            true => None,
+            false => match self.upgrades.pool().admit() {
+                Ok(s) => Some(s),
+                Err(e) if !negotiated => return Err(e),
+                Err(_) => None,
+            },
+        };
+        let Some(avif_slot) = avif_slot else {
+            let interim = match interim {
+                Some(i) => i,
+                None => {
+                    let p = prepared;
+                    let (i, p) = self
+                        .pool
+                        .run(&slot, move || Ok((interim_of(&p)?, p)))
+                        .await?;
+                    drop(slot);
+                    return Ok(self.defer(variant, key, fetched_at, p, i, source_etag, label));
+                }
+            };
+            drop(slot);
+            return Ok(self.defer(
+                variant,
+                key,
+                fetched_at,
+                prepared,
+                interim,
+                source_etag,
+                label,
+            ));
+        };
+        drop(slot);
+        let started = Instant::now();
+        let avif = self
+            .upgrades
+            .pool()
+            .run(&avif_slot, move || Ok(label(prepared.encode()?.bytes)))
+            .await?;
+        let took = started.elapsed();
+        timings.resize = timings.resize.map(|r| r + took);
+        count_transform(OutputFormat::Avif, Some(took));
+        if let Some(r) = self.results.as_ref() {
+            r.store(variant, &avif, fetched_at);
+        }
+        Ok(Answer::Body(avif))
+    }
+
+    /// Answer `interim` and queue the AVIF upgrade of `prepared`.
+    #[allow(clippy::too_many_arguments)]
+    fn defer(
+        &self,
+        variant: &Variant,
+        key: String,
+        fetched_at: SystemTime,
+        prepared: transform::Prepared,
+        (interim, interim_etag): (transform::Output, String),
+        source_etag: Option<String>,
+        label: impl FnOnce(Vec<u8>) -> Rendered + Send + 'static,
+    ) -> Answer {
+        count_transform(interim.format, None);
+        let rendered = Rendered {
+            etag: interim_etag,
+            body: interim.bytes,
+            mime: interim.format.mime(),
+            source_etag,
+        };
+        self.upgrades.defer(
+            key,
+            variant.id.clone(),
+            fetched_at,
+            prepared,
+            rendered.clone(),
+            label,
+        );
+        Answer::Interim(rendered)
     }
 
     /// Readiness of the source, within `timeout`.
@@ -480,6 +642,21 @@ impl Origin {
                     None => b,
                 }
                 .body(r.body)
+            }
+            // Not kept by the edge (INTERIM), briefly by clients and downstream caches.
+            Ok(Answer::Interim(r)) => {
+                let b = Response::builder()
+                    .status(StatusCode::OK)
+                    .header("content-type", r.mime)
+                    .header("content-length", r.body.len())
+                    .header("etag", r.etag)
+                    .header(
+                        "cache-control",
+                        format!("public, max-age={}", self.upgrades.interim_ttl().as_secs()),
+                    )
+                    .header(upgrade::INTERIM, "avif")
+                    .header("x-content-type-options", "nosniff");
+                b.body(r.body)
             }
             // The edge merges Cache-Control into its cached header and restarts the TTL.
             Ok(Answer::NotModified(v)) => Response::builder()
@@ -535,6 +712,36 @@ pub const PROBE_PATH: &str = "/.probe";
 
 /// The header carrying [`Timings`] from the origin to the edge.
 pub const SERVER_TIMING: http::HeaderName = http::HeaderName::from_static("server-timing");
+
+/// Whether `t` is encoded as AVIF (explicitly, or as the `avif` class).
+fn wants_avif(t: &variant::Transform) -> bool {
+    t.format == Some(OutputFormat::Avif) || negotiated_avif(t)
+}
+
+/// Whether `t` is `format=auto` in the `avif` class.
+fn negotiated_avif(t: &variant::Transform) -> bool {
+    t.format.is_none() && t.negotiated == Some(AcceptClass::Avif)
+}
+
+/// The WebP that stands in for `prepared`'s AVIF, and its tag (a hash: it must differ from
+/// the AVIF's).
+fn interim_of(prepared: &transform::Prepared) -> Result<(transform::Output, String)> {
+    let out = prepared.encode_as(OutputFormat::Webp)?;
+    let tag = etag(&out.bytes);
+    Ok((out, tag))
+}
+
+/// Count a produced variant, and its CPU time when it was made here and now.
+fn count_transform(format: OutputFormat, took: Option<Duration>) {
+    let format = format.as_str();
+    metrics().transforms.with_label_values(&[format]).inc();
+    if let Some(took) = took {
+        metrics()
+            .resize_duration
+            .with_label_values(&[format])
+            .observe(took.as_secs_f64());
+    }
+}
 
 /// A strong validator from the content: equal bytes, equal tag, across nodes and restarts.
 fn etag(body: &[u8]) -> String {

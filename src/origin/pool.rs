@@ -17,6 +17,7 @@ use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 
 use crate::error::{Error, Result};
 use crate::metrics::metrics;
+use prometheus::{IntCounter, IntGauge};
 
 type Job = Box<dyn FnOnce() + Send>;
 
@@ -27,6 +28,27 @@ pub struct ResizePool {
     slots: Arc<Semaphore>,
     retry_after: Duration,
     tx: OnceLock<Sender<Job>>,
+    kind: PoolKind,
+}
+
+/// Which pool: its threads' names, CPU priority and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PoolKind {
+    /// Decode, resize and encode of every miss.
+    Resize,
+    /// AVIF encodes only, at a lower CPU priority (nice 10): seconds of AV1 work per large
+    /// image must not delay the misses the resize pool serves.
+    Avif,
+}
+
+impl PoolKind {
+    fn gauges(self) -> (&'static IntGauge, &'static IntGauge, &'static IntCounter) {
+        let m = metrics();
+        match self {
+            PoolKind::Resize => (&m.pool_busy, &m.pool_queued, &m.pool_rejected),
+            PoolKind::Avif => (&m.avif_busy, &m.avif_queued, &m.avif_rejected),
+        }
+    }
 }
 
 /// Proof that a miss was admitted; hold it until the answer is built.
@@ -35,6 +57,11 @@ pub struct Slot(#[allow(dead_code)] OwnedSemaphorePermit);
 impl ResizePool {
     /// A pool of `workers` threads admitting `workers + queue` misses at a time.
     pub fn new(workers: usize, queue: usize, retry_after: Duration) -> Self {
+        Self::of_kind(PoolKind::Resize, workers, queue, retry_after)
+    }
+
+    /// [`Self::new`] for a given kind of work.
+    pub fn of_kind(kind: PoolKind, workers: usize, queue: usize, retry_after: Duration) -> Self {
         let workers = workers.max(1);
         ResizePool {
             workers,
@@ -42,6 +69,7 @@ impl ResizePool {
             slots: Arc::new(Semaphore::new(workers + queue)),
             retry_after,
             tx: OnceLock::new(),
+            kind,
         }
     }
 
@@ -55,7 +83,7 @@ impl ResizePool {
         match self.slots.clone().try_acquire_owned() {
             Ok(p) => Ok(Slot(p)),
             Err(_) => {
-                metrics().pool_rejected.inc();
+                self.kind.gauges().2.inc();
                 Err(Error::Busy {
                     retry_after: self.retry_after,
                 })
@@ -66,11 +94,18 @@ impl ResizePool {
     fn sender(&self) -> &Sender<Job> {
         self.tx.get_or_init(|| {
             let (tx, rx) = bounded::<Job>(self.workers + self.queue);
+            let (name, nice) = match self.kind {
+                PoolKind::Resize => ("resize", 0),
+                PoolKind::Avif => ("avif", 10),
+            };
             for i in 0..self.workers {
                 let rx = rx.clone();
                 let spawned = std::thread::Builder::new()
-                    .name(format!("imgedge-resize-{i}"))
+                    .name(format!("imgedge-{name}-{i}"))
                     .spawn(move || {
+                        if nice != 0 {
+                            lower_priority(nice);
+                        }
                         while let Ok(job) = rx.recv() {
                             job();
                         }
@@ -90,33 +125,48 @@ impl ResizePool {
         F: FnOnce() -> Result<T> + Send + 'static,
     {
         let (done, result) = oneshot::channel();
-        let m = metrics();
-        m.pool_queued.inc();
+        let (busy, queued, _) = self.kind.gauges();
+        queued.inc();
         let job: Job = Box::new(move || {
-            let m = metrics();
-            m.pool_queued.dec();
-            m.pool_busy.inc();
+            queued.dec();
+            busy.inc();
             let out = catch_unwind(AssertUnwindSafe(f))
                 .unwrap_or_else(|_| Err(Error::unprocessable("decoder failed on this image")));
-            m.pool_busy.dec();
+            busy.dec();
             let _ = done.send(out);
         });
         match self.sender().try_send(job) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
-                m.pool_queued.dec();
+                queued.dec();
                 return Err(Error::Busy {
                     retry_after: self.retry_after,
                 });
             }
             Err(TrySendError::Disconnected(_)) => {
-                m.pool_queued.dec();
+                queued.dec();
                 return Err(Error::Internal("resize pool is down".into()));
             }
         }
         result
             .await
             .map_err(|_| Error::Internal("resize job vanished".into()))?
+    }
+}
+
+/// Lower the calling thread's CPU priority (Linux: a thread is a schedulable task, so
+/// `setpriority` on its id affects it alone). Best effort: a failure only logs.
+fn lower_priority(nice: i32) {
+    // SAFETY: plain syscalls on the calling thread's own id.
+    let r = unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, tid, nice)
+    };
+    if r != 0 {
+        tracing::warn!(
+            "cannot lower the AVIF threads' priority: {}",
+            std::io::Error::last_os_error()
+        );
     }
 }
 

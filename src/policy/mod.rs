@@ -40,7 +40,7 @@ impl Policy {
     pub fn admit(&self, query: Option<&str>, variant: Variant) -> Result<Variant> {
         if let Some(signer) = &self.signer {
             let sig = signing::signature_param(query.unwrap_or(""))?;
-            if !signer.verify(&variant.canonical_uri(), sig) {
+            if !signer.verify(&variant.signed_uri(), sig) {
                 return Err(Error::Forbidden("bad signature"));
             }
         }

@@ -27,7 +27,7 @@ use parking_lot::Mutex;
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
 
-use crate::variant::ParseOptions;
+use crate::variant::{DefaultFormat, ParseOptions};
 use plan::{Item, Planner};
 use report::{Report, Tally};
 
@@ -75,6 +75,10 @@ pub struct WarmArgs {
     /// The target's `transform.default_quality`, for canonicalizing exactly as it does.
     #[arg(long, default_value_t = ParseOptions::default().default_quality)]
     pub default_quality: u8,
+    /// The target's `transform.default_format` (`original` or `auto`). Negotiated lines warm
+    /// the class their URL implies: logs carry no `Accept`, so `legacy`.
+    #[arg(long, default_value = "original", value_parser = ["original", "auto"])]
+    pub default_format: String,
     /// Interval of the plain progress lines printed when stderr is not a terminal.
     #[arg(long, default_value = "5s", value_parser = humantime_serde::re::humantime::parse_duration)]
     pub progress_every: Duration,
@@ -190,6 +194,10 @@ async fn warm(args: WarmArgs) -> Result<Report, WarmError> {
     let mut planner = Planner::new(ParseOptions {
         max_dimension: args.max_dimension,
         default_quality: args.default_quality,
+        default_format: match args.default_format.as_str() {
+            "auto" => DefaultFormat::Auto,
+            _ => DefaultFormat::Original,
+        },
         // fit=contain without bg= keys on the server's transform.background; the default here.
         ..ParseOptions::default()
     });

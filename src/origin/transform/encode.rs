@@ -1,5 +1,5 @@
-//! Encode pixels as JPEG (libjpeg-turbo, 4:2:0), PNG (fast compression) or lossy WebP (libwebp 1.6,
-//! called directly through libwebp-sys).
+//! Encode pixels as JPEG (libjpeg-turbo, 4:2:0), PNG (fast compression), lossy WebP (libwebp 1.6,
+//! called directly through libwebp-sys) or lossy AVIF (libavif + libaom).
 //! Nothing from the original (EXIF, ICC, text) is carried over: outputs are pixels only, in sRGB.
 
 use std::mem::MaybeUninit;
@@ -46,8 +46,123 @@ pub fn encode(px: &Pixels, format: OutputFormat, quality: u8) -> Result<Vec<u8>>
                 .map_err(fail)?;
         }
         OutputFormat::Webp => out = encode_webp(px, quality)?,
+        OutputFormat::Avif => out = encode_avif(px, quality, AVIF_SPEED)?,
     }
     Ok(out)
+}
+
+/// libavif's speed (0..=10) when none is configured: see the README's "AVIF encoder" table.
+pub const AVIF_SPEED: u8 = 8;
+
+/// The AVIF quality (libavif's 0..=100 scale) that matches WebP at `q`: the SSIM of both
+/// against the resized source is equal (README: "AVIF encoder", measured by
+/// `benches/avif-encoders`). Interpolated between the measured points.
+pub fn avif_quality(q: u8) -> i32 {
+    // (WebP q, AVIF quality of equal SSIM), increasing.
+    const POINTS: [(u8, u8); 5] = [(1, 1), (50, 40), (70, 52), (80, 60), (100, 100)];
+    let q = q.clamp(1, 100);
+    for pair in POINTS.windows(2) {
+        let ((q0, a0), (q1, a1)) = (pair[0], pair[1]);
+        if q <= q1 {
+            let (q0, a0, q1, a1, q) = (
+                i32::from(q0),
+                i32::from(a0),
+                i32::from(q1),
+                i32::from(a1),
+                i32::from(q),
+            );
+            return a0 + (a1 - a0) * (q - q0) / (q1 - q0).max(1);
+        }
+    }
+    100
+}
+
+/// The fuzz target (`fuzz/`) is built without libavif: its inputs are originals, and an
+/// encoder only ever sees pixels this engine made.
+#[cfg(fuzzing)]
+pub fn encode_avif(_px: &Pixels, _quality: u8, _speed: u8) -> Result<Vec<u8>> {
+    Err(Error::unprocessable(
+        "avif output is not built into the fuzz target",
+    ))
+}
+
+/// Lossy AVIF through libavif and libaom: 8-bit 4:2:0, full range, BT.601 matrix, sRGB
+/// primaries and transfer (what browsers assume for untagged images), alpha as a separate
+/// plane, one thread (the pool runs many encodes at once). `quality` is on imgedge's WebP-like
+/// scale ([`avif_quality`]).
+#[cfg(not(fuzzing))]
+pub fn encode_avif(px: &Pixels, quality: u8, speed: u8) -> Result<Vec<u8>> {
+    use libavif_sys as a;
+    let fail = |what: &str| Error::unprocessable(format!("cannot encode avif: {what}"));
+    let ch: u32 = if px.has_alpha { 4 } else { 3 };
+    let row = px.width.checked_mul(ch).ok_or_else(|| fail("too wide"))?;
+    if px.width == 0 || px.height == 0 || px.data.len() < row as usize * px.height as usize {
+        return Err(Error::Internal("avif: pixel buffer too small".into()));
+    }
+    // Frees what libavif allocated on every path.
+    struct Owned(*mut a::avifImage, *mut a::avifEncoder, a::avifRWData);
+    impl Drop for Owned {
+        fn drop(&mut self) {
+            // SAFETY: each pointer is null or was returned by its libavif constructor, and
+            // is freed once, here.
+            unsafe {
+                a::avifRWDataFree(&mut self.2);
+                if !self.1.is_null() {
+                    a::avifEncoderDestroy(self.1);
+                }
+                if !self.0.is_null() {
+                    a::avifImageDestroy(self.0);
+                }
+            }
+        }
+    }
+    // SAFETY: libavif's documented use: create the image, convert RGB(A) rows we own (checked
+    // above to hold `height` rows of `row` bytes; libavif only reads them) into its planes,
+    // encode into its RW buffer, copy that out. `Owned` frees everything.
+    unsafe {
+        let mut owned = Owned(
+            a::avifImageCreate(px.width, px.height, 8, a::AVIF_PIXEL_FORMAT_YUV420),
+            std::ptr::null_mut(),
+            std::mem::zeroed(),
+        );
+        if owned.0.is_null() {
+            return Err(fail("out of memory"));
+        }
+        let image = &mut *owned.0;
+        image.colorPrimaries = a::AVIF_COLOR_PRIMARIES_BT709 as _;
+        image.transferCharacteristics = a::AVIF_TRANSFER_CHARACTERISTICS_SRGB as _;
+        image.matrixCoefficients = a::AVIF_MATRIX_COEFFICIENTS_BT601 as _;
+        image.yuvRange = a::AVIF_RANGE_FULL;
+        let mut rgb: a::avifRGBImage = std::mem::zeroed();
+        a::avifRGBImageSetDefaults(&mut rgb, owned.0);
+        rgb.format = if px.has_alpha {
+            a::AVIF_RGB_FORMAT_RGBA
+        } else {
+            a::AVIF_RGB_FORMAT_RGB
+        };
+        rgb.depth = 8;
+        rgb.pixels = px.data.as_ptr().cast_mut();
+        rgb.rowBytes = row;
+        if a::avifImageRGBToYUV(owned.0, &rgb) != a::AVIF_RESULT_OK {
+            return Err(fail("colour conversion"));
+        }
+        owned.1 = a::avifEncoderCreate();
+        if owned.1.is_null() {
+            return Err(fail("out of memory"));
+        }
+        let enc = &mut *owned.1;
+        enc.codecChoice = a::AVIF_CODEC_CHOICE_AOM;
+        enc.maxThreads = 1;
+        enc.speed = i32::from(speed.min(10));
+        enc.quality = avif_quality(quality);
+        enc.qualityAlpha = enc.quality;
+        let r = a::avifEncoderWrite(owned.1, owned.0, &mut owned.2);
+        if r != a::AVIF_RESULT_OK || owned.2.data.is_null() {
+            let msg = std::ffi::CStr::from_ptr(a::avifResultToString(r));
+            return Err(fail(&msg.to_string_lossy()));
+        }
+        Ok(std::slice::from_raw_parts(owned.2.data, owned.2.size).to_vec())
+    }
 }
 
 /// Lossy WebP through libwebp 1.6 (libwebp-sys builds it from source), with libwebp's default

@@ -16,7 +16,7 @@ pub mod resize;
 pub mod sniff;
 
 use crate::error::{Error, Result};
-use crate::variant::{OutputFormat, Transform};
+use crate::variant::{AcceptClass, OutputFormat, Transform};
 use sniff::SourceFormat;
 
 /// Limits a source must respect before any pixel is allocated.
@@ -49,6 +49,8 @@ pub struct TransformSettings {
     pub background: [u8; 3],
     /// Quality used when a transform carries none (the parser normally fills it in).
     pub default_quality: u8,
+    /// libaom's speed for AVIF output (libavif's 0..=10 scale).
+    pub avif_speed: u8,
 }
 
 /// An encoded variant.
@@ -69,6 +71,17 @@ pub fn auto_format(src: SourceFormat) -> OutputFormat {
     match src {
         SourceFormat::Png => OutputFormat::Png,
         SourceFormat::Webp => OutputFormat::Webp,
+        _ => OutputFormat::Jpeg,
+    }
+}
+
+/// The format of the `legacy` class (clients that take neither AVIF nor WebP): the original's
+/// when JPEG or PNG, else PNG when the pixels have alpha, else JPEG.
+pub fn legacy_format(src: SourceFormat, has_alpha: bool) -> OutputFormat {
+    match src {
+        SourceFormat::Jpeg => OutputFormat::Jpeg,
+        SourceFormat::Png => OutputFormat::Png,
+        _ if has_alpha => OutputFormat::Png,
         _ => OutputFormat::Jpeg,
     }
 }
@@ -102,10 +115,65 @@ pub fn transform_via(
         Option<crate::variant::Resize>,
     ) -> Result<(pixels::Pixels, geometry::Plan)>,
 ) -> Result<Output> {
+    prepare_via(bytes, t, s, resized)?.encode()
+}
+
+/// A variant's pixels ready to encode: resized, in sRGB, padded, flattened when the format
+/// needs it. Encoding is the last step, so one preparation can be encoded twice (a WebP now,
+/// the AVIF later).
+pub struct Prepared {
+    /// Output-sized pixels.
+    pub pixels: pixels::Pixels,
+    /// The format the variant asks for.
+    pub format: OutputFormat,
+    /// Its quality (lossy formats).
+    pub quality: u8,
+    /// AVIF encoder speed.
+    pub avif_speed: u8,
+}
+
+impl Prepared {
+    /// Encode in the variant's format.
+    pub fn encode(&self) -> Result<Output> {
+        self.encode_as(self.format)
+    }
+
+    /// Encode in `format` instead (one that keeps alpha, or these pixels are already flat).
+    pub fn encode_as(&self, format: OutputFormat) -> Result<Output> {
+        let bytes = match format {
+            OutputFormat::Avif => encode::encode_avif(&self.pixels, self.quality, self.avif_speed)?,
+            _ => encode::encode(&self.pixels, format, self.quality)?,
+        };
+        Ok(Output {
+            bytes,
+            format,
+            width: self.pixels.width,
+            height: self.pixels.height,
+        })
+    }
+}
+
+/// Everything of [`transform_via`] but the encode.
+pub fn prepare_via(
+    bytes: &[u8],
+    t: &Transform,
+    s: &TransformSettings,
+    resized: impl FnOnce(
+        SourceFormat,
+        &TransformLimits,
+        Option<crate::variant::Resize>,
+    ) -> Result<(pixels::Pixels, geometry::Plan)>,
+) -> Result<Prepared> {
     let src_format = require_image(bytes)?;
-    let format = t.format.unwrap_or_else(|| auto_format(src_format));
     let quality = t.quality.unwrap_or(s.default_quality);
     let (mut pixels, plan) = resized(src_format, &s.limits, t.resize)?;
+    let format = match (t.format, t.negotiated) {
+        (Some(f), _) => f,
+        (None, Some(AcceptClass::Avif)) => OutputFormat::Avif,
+        (None, Some(AcceptClass::Webp)) => OutputFormat::Webp,
+        (None, Some(AcceptClass::Legacy)) => legacy_format(src_format, pixels.has_alpha),
+        (None, None) => auto_format(src_format),
+    };
     // Colour management on output-sized pixels: cheap, and close to converting first.
     if let Some(icc) = pixels.icc.take() {
         let ch = if pixels.has_alpha { 4 } else { 3 };
@@ -117,11 +185,10 @@ pub fn transform_via(
     if format == OutputFormat::Jpeg {
         pixels = resize::flatten(pixels, s.background);
     }
-    let bytes = encode::encode(&pixels, format, quality)?;
-    Ok(Output {
-        bytes,
+    Ok(Prepared {
+        pixels,
         format,
-        width: pixels.width,
-        height: pixels.height,
+        quality,
+        avif_speed: s.avif_speed,
     })
 }
