@@ -3,6 +3,8 @@
 --
 --   wrk -t N -c N -s benches/load.lua URL -- list FILE NAME
 --   wrk -t N -c N -s benches/load.lua URL -- miss SALT NAME
+--   wrk -t N -c N -s benches/load.lua URL -- pagemiss SALT NAME   (300-899 px wide misses)
+--   LOAD_ACCEPT=... sets the Accept header of every request.
 --
 -- Needs one connection per thread (-t = -c): each thread then alternates request() and
 -- response(), so the time between the two is that request's latency. LuaJIT's ffi gives a
@@ -46,6 +48,7 @@ codes = {}      -- non-2xx/304 responses by status
 
 function init(args)
   mode, name = args[1], args[3] or args[1]
+  accept = os.getenv("LOAD_ACCEPT") -- e.g. Chrome's, for format=auto runs
   if mode == "list" then
     paths = {}
     for line in io.lines(args[2]) do
@@ -64,13 +67,19 @@ function request()
   local path
   if mode == "list" then
     path = paths[(i - 1) % #paths + 1]
+  elseif mode == "pagemiss" then
+    -- every request a new page-sized variant (300-899 px wide): the formats bench's misses
+    local k = i * 64 + tid
+    path = "/image/kite.jpg?size=" .. (300 + k % 600) .. "x" .. (200 + salt + math.floor(k / 600))
   else
     -- every request a new variant: distinct (width, height) per thread and request
     local k = i * 64 + tid
     path = "/image/kite.jpg?size=" .. (200 + k % 3800) .. "x" .. (100 + salt + math.floor(k / 3800))
   end
   t0 = now_us()
-  return wrk.format("GET", path, { ["User-Agent"] = agents[(i + tid) % #agents + 1] })
+  local h = { ["User-Agent"] = agents[(i + tid) % #agents + 1] }
+  if accept then h["Accept"] = accept end
+  return wrk.format("GET", path, h)
 end
 
 local LOG_BASE = math.log(1.02) -- 2% buckets

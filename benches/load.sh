@@ -9,6 +9,11 @@
 #   miss         every request a new variant (at most 4 connections): the miss path
 #   trace        a generated trace (benches/trace.py: Zipf over 500 ids x 12 sizes, noisy),
 #                starting cold: a realistic mix
+#   formats      format=auto misses with Chrome's Accept (every request a new 300-899 px
+#                variant, at most 4 connections) on three nodes, one after the other: avif
+#                inline (the client waits for the AVIF), avif deferred (WebP now, AVIF in the
+#                background) and, for scale, webp (Android WebView's Accept): miss p50/p99,
+#                then the AVIF upgrades each node made
 #   replay=FILE  a URL list, one path or URL per line (e.g. URLs cut out of access logs)
 #   mirror       the hot run on three nodes side by side, with ratios to the first: mirroring
 #                off; on (sample $MIRROR_SAMPLE, default 1.0, to a fourth node on these same
@@ -33,7 +38,7 @@ while getopts "d:c:t:" o; do
     d) secs=$OPTARG ;;
     c) conns=$OPTARG ;;
     t) target=${OPTARG%/} ;;
-    *) sed -n '2,27p' "$0"; exit 2 ;;
+    *) sed -n '2,32p' "$0"; exit 2 ;;
   esac
 done
 shift $((OPTIND - 1))
@@ -101,6 +106,21 @@ for r in "${runs[@]}"; do
     trace)
       python3 benches/trace.py --ids 500 --requests 200000 --seed 1 > "$dir/trace.txt"
       wrk_run trace "$url" "$conns" list "$dir/trace.txt" ;;
+    formats)
+      chrome="image/avif,image/webp,image/apng,image/svg+xml,image/*,*/*;q=0.8"
+      webview="image/webp,image/apng,image/*,*/*;q=0.8"
+      start_node fmt-inline 18386 19386 "transform: {default_format: auto, avif: inline}"
+      start_node fmt-deferred 18387 19387 "transform: {default_format: auto, avif: deferred}"
+      start_node fmt-webp 18388 19388 "transform: {default_format: auto}"
+      c=$((conns < 4 ? conns : 4))
+      LOAD_ACCEPT=$chrome wrk_run auto-avif-inline http://127.0.0.1:18386 "$c" pagemiss 1
+      LOAD_ACCEPT=$chrome wrk_run auto-avif-deferred http://127.0.0.1:18387 "$c" pagemiss 2
+      LOAD_ACCEPT=$webview wrk_run auto-webp http://127.0.0.1:18388 "$c" pagemiss 3
+      sleep 2 # let queued upgrades land
+      for n in inline:19386 deferred:19387; do
+        curl -s "127.0.0.1:${n#*:}/metrics" | grep -E '^imgedge_(avif_upgrades_total|transforms_total)' \
+          | sed "s/^/  ${n%:*}: /"
+      done > "$dir/formats.txt" ;;
     replay=*)
       f=${r#replay=}
       sed -E 's#^[a-z]+://[^/]+##' "$f" > "$dir/replay.txt"
@@ -196,6 +216,7 @@ done
   }
 ' "$dir/rows"
 [ -s "$dir/mirror.txt" ] && cat "$dir/mirror.txt"
+[ -s "$dir/formats.txt" ] && cat "$dir/formats.txt"
 if [ -s "$dir/cluster.txt" ]; then
   echo "cluster: $(grep -c '^/' "$dir/ctrace.txt") requests (Zipf over 300 ids x 12 sizes, URL noise), $conns connections, each request to one of 3 nodes at random; latencies client side"
   cat "$dir/cluster.txt"

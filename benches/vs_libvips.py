@@ -40,7 +40,21 @@ CASES = [
     # own 400w pixels, encoded by both sides (no resize), show whether the encoders agree.
     ("2mp-jpeg-400-lossless", "in-2mp.jpg", "size=400x&format=png", 400, ".png"),
     ("webp-encoder-only", "in-2mp-vips400.png", "size=400x&format=webp", 400, ".webp"),
+    # Modern outputs (issue 16): WebP and AVIF at 400 and 1200 px from both inputs. AVIF at
+    # matched settings: imgedge's default q (80) maps to AVIF quality AVIF_Q (the measured
+    # mapping, README "Formats"), and libheif's aom plugin maps Q to the quantizer as libavif
+    # does; libaom speed 8 = libvips effort 1 (effort = 9 - cpu-used); 4:2:0 both.
+    ("2mp-webp-400", "in-2mp.jpg", "size=400x&format=webp", 400, ".webp"),
+    ("2mp-webp-1200", "in-2mp.jpg", "size=1200x&format=webp", 1200, ".webp"),
+    ("12mp-webp-400", "in-12mp.jpg", "size=400x&format=webp", 400, ".webp"),
+    ("12mp-webp-1200", "in-12mp.jpg", "size=1200x&format=webp", 1200, ".webp"),
+    ("2mp-avif-400", "in-2mp.jpg", "size=400x&format=avif", 400, ".avif"),
+    ("2mp-avif-1200", "in-2mp.jpg", "size=1200x&format=avif", 1200, ".avif"),
+    ("12mp-avif-400", "in-12mp.jpg", "size=400x&format=avif", 400, ".avif"),
+    ("12mp-avif-1200", "in-12mp.jpg", "size=1200x&format=avif", 1200, ".avif"),
 ]
+# imgedge's AVIF quality at q=80 (src/origin/transform/encode.rs avif_quality).
+AVIF_Q = int(os.environ.get("AVIF_Q", "62"))
 # The Zipf trace's misses (benches/trace.py's popularity: Zipf s=1.1 over ids, weighted sizes):
 # every distinct (id, width) of TRACE_REQUESTS requests, in order of first request, so a hot
 # id's later sizes follow its first. Every id is a 2 MP product photo (in-2mp.jpg; libvips
@@ -52,8 +66,21 @@ TRACE_WIDTHS = [(150, 30), (300, 20), (640, 12), (200, 16), (1024, 6), (400, 5),
 
 SAVE = {".jpg": dict(Q=80, subsample_mode="on", keep="none"),
         ".webp": dict(Q=80, keep="none"),
-        ".png": dict(compression=1, keep="none")}
-EXT = {".jpg": "jpeg", ".webp": "webp", ".png": "png"}
+        ".png": dict(compression=1, keep="none"),
+        ".avif": dict(Q=AVIF_Q, compression="av1", effort=1, subsample_mode="on", keep="none")}
+EXT = {".jpg": "jpeg", ".webp": "webp", ".png": "png", ".avif": "avif"}
+
+
+def load_rgb(path):
+    """An output as an RGB array (pyvips for AVIF: Pillow may lack the plugin)."""
+    if path.endswith(".avif"):
+        import pyvips
+        img = pyvips.Image.new_from_file(path, access="sequential")
+        arr = np.ndarray(buffer=img.write_to_memory(), dtype=np.uint8,
+                         shape=[img.height, img.width, img.bands])
+        return arr[..., :3] if img.bands >= 3 else np.repeat(arr[..., :1], 3, axis=2)
+    from PIL import Image
+    return np.asarray(Image.open(path).convert("RGB"))
 
 
 def prepare(d):
@@ -158,8 +185,8 @@ def report(d):
     print("|---|---:|---:|---:|---:|---:|---:|---|---:|")
     for name, inp, _, _, suffix in CASES:
         m, v = mine[name], vips[name]
-        a = np.asarray(Image.open(os.path.join(d, f"{name}.imgedge.{EXT[suffix]}")).convert("RGB"))
-        b = np.asarray(Image.open(os.path.join(d, f"{name}.libvips.{EXT[suffix]}")).convert("RGB"))
+        a = load_rgb(os.path.join(d, f"{name}.imgedge.{EXT[suffix]}"))
+        b = load_rgb(os.path.join(d, f"{name}.libvips.{EXT[suffix]}"))
         h, w = min(a.shape[0], b.shape[0]), min(a.shape[1], b.shape[1])
         s = ssim(a[:h, :w], b[:h, :w])
         # Quality on an absolute scale: each output against a full-size decode of the input

@@ -137,6 +137,127 @@ fn every_valid_file_matches_an_independent_reference() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
+/// An AVIF output as a browser decodes it: libavif (the library Chrome and Firefox use),
+/// here with libaom's decoder, and its default bilinear chroma upsampling; as RGBA8.
+fn avif_rgba(bytes: &[u8]) -> image::RgbaImage {
+    use libavif_sys as a;
+    // SAFETY: libavif's documented decode sequence on buffers it allocates and we free.
+    unsafe {
+        let dec = a::avifDecoderCreate();
+        let image = a::avifImageCreateEmpty();
+        let r = a::avifDecoderReadMemory(dec, image, bytes.as_ptr(), bytes.len());
+        assert_eq!(r, a::AVIF_RESULT_OK, "decodable AVIF");
+        assert_eq!(
+            (*image).icc.size,
+            0,
+            "outputs are tagged sRGB, never an ICC profile"
+        );
+        let mut rgb: a::avifRGBImage = std::mem::zeroed();
+        a::avifRGBImageSetDefaults(&mut rgb, image);
+        rgb.format = a::AVIF_RGB_FORMAT_RGBA;
+        rgb.depth = 8;
+        assert_eq!(a::avifRGBImageAllocatePixels(&mut rgb), a::AVIF_RESULT_OK);
+        assert_eq!(a::avifImageYUVToRGB(image, &mut rgb), a::AVIF_RESULT_OK);
+        let mut px = Vec::with_capacity((rgb.width * rgb.height * 4) as usize);
+        for y in 0..rgb.height {
+            let row = rgb.pixels.add((y * rgb.rowBytes) as usize);
+            px.extend_from_slice(std::slice::from_raw_parts(row, (rgb.width * 4) as usize));
+        }
+        let out = image::RgbaImage::from_raw(rgb.width, rgb.height, px).unwrap();
+        a::avifRGBImageFreePixels(&mut rgb);
+        a::avifImageDestroy(image);
+        a::avifDecoderDestroy(dec);
+        out
+    }
+}
+
+/// AVIF and WebP outputs of every valid file: against the same independent references as the
+/// PNG output, with a lossy tolerance (orientation, ICC → sRGB and alpha: SSIM premultiplies by
+/// alpha, so a lost or darkened alpha shows; a missed rotation or an unmanaged profile scores
+/// far below it); and against this engine's own lossless output of the same request, where
+/// only the encoder differs: AVIF at the default quality is visibly equal to WebP at it (the
+/// quality mapping's promise), file by file and on the median.
+#[test]
+fn avif_and_webp_outputs_of_every_valid_file_match_the_references() {
+    const LOSSY_MIN_SSIM: f64 = 0.85;
+    const LOSSY_MAX_DIFF: f64 = 6.0;
+    const TINY_MIN_SSIM: f64 = 0.70;
+    let (mut report, mut failures, mut gaps) = (Vec::new(), Vec::new(), Vec::new());
+    for row in manifest().iter().filter(|r| r.file.starts_with("valid/")) {
+        let bytes = read(&row.file);
+        let want = reference(&row.file, ".png");
+        let lossless = match run(&bytes, "size=256x256&fit=inside&format=png") {
+            Ok(o) => rgba(&o.bytes),
+            Err(e) => {
+                failures.push(format!("{} png: {e}", row.file));
+                continue;
+            }
+        };
+        let mut own = Vec::new();
+        for format in ["webp", "avif"] {
+            let out = match run(&bytes, &format!("size=256x256&fit=inside&format={format}")) {
+                Ok(o) => o,
+                Err(e) => {
+                    failures.push(format!("{} {format}: {e}", row.file));
+                    continue;
+                }
+            };
+            assert_eq!(out.format.as_str(), format);
+            let got = match format {
+                "avif" => avif_rgba(&out.bytes),
+                _ => rgba(&out.bytes),
+            };
+            if got.dimensions() != want.dimensions() {
+                failures.push(format!(
+                    "{} {format}: {:?} but the reference is {:?}",
+                    row.file,
+                    got.dimensions(),
+                    want.dimensions()
+                ));
+                continue;
+            }
+            let (s, d) = (ssim(&got, &want), mean_abs_diff(&got, &want));
+            let o = ssim(&got, &lossless);
+            report.push(format!(
+                "{:<44} {format} vs reference: ssim {s:.4} diff {d:.2}; vs lossless: ssim {o:.4}; {} bytes",
+                row.file,
+                out.bytes.len()
+            ));
+            // Tiny outputs (PngSuite's 32 px tests) are mostly edges, where a lossy encoder
+            // rings: SSIM still catches a wrong orientation, profile or alpha there.
+            let tiny = got.width().min(got.height()) < 64;
+            let min_ssim = if tiny { TINY_MIN_SSIM } else { LOSSY_MIN_SSIM };
+            if s < min_ssim || (d > LOSSY_MAX_DIFF && !tiny) {
+                failures.push(format!(
+                    "{} {format}: ssim {s:.4}, mean diff {d:.2}",
+                    row.file
+                ));
+            }
+            own.push(o);
+        }
+        if let [webp, avif] = own[..] {
+            gaps.push(avif - webp);
+            if avif < webp - 0.03 {
+                failures.push(format!(
+                    "{}: avif ssim {avif:.4} well below webp's {webp:.4} (vs lossless)",
+                    row.file
+                ));
+            }
+        }
+    }
+    gaps.sort_by(|a, b| a.total_cmp(b));
+    let median = gaps[gaps.len() / 2];
+    println!(
+        "{}\nmedian avif - webp ssim (vs lossless): {median:.4}",
+        report.join("\n")
+    );
+    assert!(
+        median > -0.005,
+        "AVIF below WebP on the median: {median:.4}"
+    );
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
 #[test]
 fn icc_profiles_are_what_makes_the_colours_match() {
     for file in [

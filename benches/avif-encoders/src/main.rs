@@ -4,7 +4,7 @@
 //! AVIF quality whose SSIM against the resized source is at least the WebP's, then timed (one
 //! thread, median of 3) at that quality.
 //!
-//!   cargo run --release -- IN.jpg [IN.jpg…]       (Q from WEBP_Q, default 80; ONLY=aom:8)
+//!   cargo run --release -- IN.jpg [IN.jpg…]       (Q from WEBP_Q, default 80; ONLY=aom:8; WIDTHS=256,400)
 
 use std::time::Instant;
 
@@ -125,7 +125,7 @@ fn main() {
         .collect();
     let configs = &configs[..];
     // Tiny outputs: can each encoder make them at all?
-    for &(label, codec, speed) in configs {
+    for &(label, codec, speed) in configs.iter().filter(|_| std::env::var("TINY").is_ok()) {
         for side in [1u32, 2, 8, 15, 16] {
             let img = RgbImage::from_pixel(side, side, image::Rgb([200, 100, 50]));
             let ok = std::panic::catch_unwind(|| avif_decode(&avif(&img, codec, speed, 60)))
@@ -137,7 +137,11 @@ fn main() {
     for path in std::env::args().skip(1) {
         let src = image::open(&path).unwrap().to_rgb8();
         let name = std::path::Path::new(&path).file_stem().unwrap().to_string_lossy().to_string();
-        for width in [400u32, 1200] {
+        let widths: Vec<u32> = std::env::var("WIDTHS")
+            .ok()
+            .map(|w| w.split(',').filter_map(|x| x.parse().ok()).collect())
+            .unwrap_or_else(|| vec![400, 1200]);
+        for &width in &widths {
             let h = (src.height() as u64 * width as u64 / src.width() as u64) as u32;
             let img = image::imageops::resize(&src, width, h, FilterType::Lanczos3);
             let reference = rgba(&img);
