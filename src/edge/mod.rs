@@ -247,6 +247,8 @@ impl Edge {
             CachePhase::Expired => "EXPIRED",
             CachePhase::Revalidated | CachePhase::RevalidatedNoCache(_) => "REVALIDATED",
             CachePhase::Bypass => "BYPASS",
+            // Went to the origin and was not kept (an interim WebP, a 5xx): a miss to clients.
+            CachePhase::Disabled(r) if !matches!(r, NoCacheReason::NeverEnabled) => "MISS",
             _ => "NONE",
         }
     }

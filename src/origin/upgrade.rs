@@ -31,9 +31,11 @@ use crate::metrics::metrics;
 /// does not cache it and removes the header before a client sees it.
 pub const INTERIM: http::HeaderName = http::HeaderName::from_static("x-imgedge-interim");
 
-/// Bytes of finished AVIFs kept until their next miss takes them.
+/// Bytes of interim WebPs and finished AVIFs kept (a pending or failed upgrade's WebP answers
+/// its misses; a finished AVIF waits for the next one).
 const READY_BYTES: u64 = 64 * 1024 * 1024;
-/// How long a finished AVIF waits for that miss; past it the next request starts over.
+/// How long an entry is kept; past it the next request starts over (a failed upgrade is
+/// retried then).
 const READY_TTL: Duration = Duration::from_secs(600);
 
 /// One variant's upgrade.
@@ -189,8 +191,9 @@ impl Upgrades {
                     upgrades.with_label_values(&["done"]).inc();
                 }
                 Err(e) => {
+                    // The pending entry stays until its TTL: its WebP keeps answering, and the
+                    // variant is not decoded and encoded again on every request meanwhile.
                     tracing::warn!(key = %key, "AVIF upgrade failed: {e}");
-                    entries.invalidate(&key);
                     upgrades.with_label_values(&["failed"]).inc();
                 }
             }

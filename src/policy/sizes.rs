@@ -193,7 +193,9 @@ impl SizePolicy {
                 2 * n + n * n + shaped * (fits_two_sided - 1)
             }
         };
-        let encodings = 3 * self.qualities.len() as u64 + 1;
+        // Per quality: the original's format (auto), JPEG, WebP, AVIF and format=auto's three
+        // Accept classes; PNG once.
+        let encodings = 7 * self.qualities.len() as u64 + 1;
         Some(1 + boxes * encodings)
     }
 }
@@ -414,7 +416,16 @@ mod tests {
             };
             let mut keys = std::collections::HashSet::new();
             let mut queries = vec![String::new()];
-            for f in ["", "&format=png", "&format=webp", "&format=jpeg"] {
+            for f in [
+                "",
+                "&format=png",
+                "&format=webp",
+                "&format=jpeg",
+                "&format=avif",
+                "&format=auto",
+                "&format=auto&accept=avif",
+                "&format=auto&accept=webp",
+            ] {
                 for q in ["", "&q=1", "&q=70", "&q=100"] {
                     queries.push(format!("x=1{f}{q}"));
                     for w in (0..=128u32).step_by(3).chain([20, 40]) {
