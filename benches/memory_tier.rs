@@ -1,5 +1,6 @@
 //! Concurrent lookups in the memory tier (`MemoryTier::get`, the call every hit makes) on 1, 2
-//! and 4 threads: whether the tier scales with cores or its lock serializes them (issue 15).
+//! and 4 threads, unsharded and in 16 shards: whether the tier scales with cores or its lock
+//! serializes them (issue 15).
 //!
 //!   cargo bench --bench memory_tier
 //!
@@ -23,8 +24,8 @@ fn key(i: usize) -> [u8; 16] {
     x.to_be_bytes()
 }
 
-fn tier() -> Arc<MemoryTier> {
-    let tier = MemoryTier::new(256 * 1024 * 1024);
+fn tier(shards: usize) -> Arc<MemoryTier> {
+    let tier = MemoryTier::with_shards(256 * 1024 * 1024, shards);
     let body = Bytes::from(vec![7u8; 22 * 1024]);
     for i in 0..KEYS {
         // Twice, so each key is hot enough to be admitted to the main area.
@@ -44,11 +45,12 @@ fn tier() -> Arc<MemoryTier> {
 }
 
 fn lookups(c: &mut Criterion) {
-    let tier = tier();
     let mut group = c.benchmark_group("memory_tier_get");
-    for threads in [1usize, 2, 4] {
+    // One shard (a tier under 256 MiB) and 16 (what a tier of 2 GiB or more gets).
+    for (shards, threads) in [(1usize, 1usize), (1, 2), (1, 4), (16, 1), (16, 2), (16, 4)] {
+        let tier = tier(shards);
         group.throughput(Throughput::Elements(threads as u64));
-        group.bench_function(format!("{threads}_threads"), |b| {
+        group.bench_function(format!("{shards}_shards_{threads}_threads"), |b| {
             b.iter_custom(|iters| {
                 let start = Arc::new(Barrier::new(threads + 1));
                 let handles: Vec<_> = (0..threads)

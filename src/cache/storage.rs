@@ -89,7 +89,7 @@ impl EdgeStorage {
         read_concurrency: usize,
     ) -> Self {
         EdgeStorage {
-            memory: Arc::new(MemoryTier::new(memory_bytes)),
+            memory: Arc::new(MemoryTier::sharded(memory_bytes, max_object)),
             disk: disk.map(Arc::new),
             write_slots: Arc::new(Semaphore::new(write_queue.max(1))),
             read_slots: Arc::new(Semaphore::new(read_concurrency.max(1))),

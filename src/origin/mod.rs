@@ -573,13 +573,15 @@ impl Origin {
             ));
         };
         drop(slot);
-        let started = Instant::now();
-        let avif = self
+        let (avif, took) = self
             .upgrades
             .pool()
-            .run(&avif_slot, move || Ok(label(prepared.encode()?.bytes)))
+            .run(&avif_slot, move || {
+                let started = Instant::now();
+                let avif = label(prepared.encode()?.bytes);
+                Ok((avif, started.elapsed()))
+            })
             .await?;
-        let took = started.elapsed();
         timings.resize = timings.resize.map(|r| r + took);
         count_transform(OutputFormat::Avif, Some(took));
         if let Some(r) = self.results.as_ref() {
