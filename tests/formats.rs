@@ -41,14 +41,6 @@ async fn get(node: &Imgedge, path: &str, accept: Option<&str>) -> reqwest::Respo
     req.send().await.unwrap()
 }
 
-fn header(r: &reqwest::Response, name: &str) -> String {
-    r.headers()
-        .get(name)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_string()
-}
-
 /// Width, height and whether any pixel is transparent, decoded by the format's own decoder
 /// (imgedge's: the `image` crate has no AVIF decoder).
 fn decoded(bytes: &[u8]) -> (u32, u32, SourceFormat, bool) {
@@ -227,4 +219,51 @@ async fn a_full_upgrade_queue_degrades_to_webp_never_to_an_error() {
         }
         assert_eq!(got, "image/avif", "{u}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_avif_pool_is_503_for_format_avif_and_webp_for_the_avif_class() {
+    let s3 = s3_with_samples().await;
+    let node = Imgedge::start(
+        &s3,
+        "transform:\n  default_format: auto\n  avif: inline\n  avif_workers: 1\n  avif_queue: 1\n",
+    )
+    .await;
+    // Explicit AVIF: two fit the pool (one encoding, one waiting); the rest are refused with a
+    // clear 503 and Retry-After, never a 5xx of another kind.
+    let urls: Vec<String> = (0..12)
+        .map(|i| format!("/image/{KITE}?size={}x&format=avif", 1400 + 20 * i))
+        .collect();
+    let answers = join_all(urls.iter().map(|u| get(&node, u, None))).await;
+    let mut refused = 0;
+    for (u, r) in urls.iter().zip(&answers) {
+        match r.status().as_u16() {
+            200 => assert_eq!(header(r, "content-type"), "image/avif", "{u}"),
+            503 => {
+                refused += 1;
+                assert_eq!(header(r, "retry-after"), "1", "{u}");
+                assert_eq!(header(r, "cache-control"), "no-store", "{u}");
+            }
+            s => panic!("{u}: {s}"),
+        }
+    }
+    assert!(refused >= 1, "a full AVIF pool refuses format=avif");
+    // The avif class (inline) stands the WebP in instead: every answer is a 200.
+    let urls: Vec<String> = (0..12)
+        .map(|i| format!("/image/{KITE}?size={}x", 1410 + 20 * i))
+        .collect();
+    let answers = join_all(urls.iter().map(|u| get(&node, u, Some(CHROME)))).await;
+    let mut webp = 0;
+    for (u, r) in urls.iter().zip(&answers) {
+        assert_eq!(r.status(), 200, "{u}");
+        match header(r, "content-type").as_str() {
+            "image/avif" => {}
+            "image/webp" => {
+                webp += 1;
+                assert_eq!(header(r, "cache-control"), "public, max-age=30", "{u}");
+            }
+            other => panic!("{u}: {other}"),
+        }
+    }
+    assert!(webp >= 1, "a full AVIF pool stands the WebP in");
 }
