@@ -17,14 +17,6 @@ const KITE: &str = "3972b16287e5kite.jpg";
 const ASTRO: &str = "81fe02aa9c01astro.png";
 const TOKEN: &str = "test-purge-token-0123456789";
 
-fn header(r: &reqwest::Response, name: &str) -> String {
-    r.headers()
-        .get(name)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_string()
-}
-
 fn disk_extra(dir: &Path) -> String {
     format!(
         "admin:\n  purge_token: {TOKEN}\ncache:\n  disk:\n    dir: {}\n    max_bytes: 64 MiB\n    save_interval: 1s\n",

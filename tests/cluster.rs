@@ -28,14 +28,6 @@ struct Pop {
     peers: Vec<String>,
 }
 
-fn header(r: &reqwest::Response, name: &str) -> String {
-    r.headers()
-        .get(name)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_string()
-}
-
 /// Start `n` nodes forming one POP against `s3`; `extra` YAML goes to every node. Returns once
 /// every node sees every peer healthy.
 async fn pop(s3: &S3Server, n: usize, extra: &str) -> Pop {

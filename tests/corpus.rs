@@ -15,7 +15,7 @@ use imgedge::metrics::metrics;
 use imgedge::origin::mezzanine::Mezzanines;
 use imgedge::origin::transform::resize as transform_resize;
 use imgedge::origin::transform::{
-    decode, transform, transform_via, Output, TransformLimits, TransformSettings,
+    decode, prepare_via, transform, Output, TransformLimits, TransformSettings,
 };
 use imgedge::variant::{ParseOptions, Variant};
 use similarity::{mean_abs_diff, rgba, ssim};
@@ -551,10 +551,11 @@ fn mezzanines_serve_further_sizes_as_a_direct_decode_would() {
                 .transform
                 .unwrap();
             // A direct resize of the full decode: what every size is an approximation of.
-            let direct = transform_via(&bytes, &t, &settings(), |format, limits, resize| {
+            let direct = prepare_via(&bytes, &t, &settings(), |format, limits, resize| {
                 let d = decode::decode_scaled(&bytes, format, limits, resize, 8)?;
                 Ok((transform_resize::resize(d.pixels, &d.plan)?, d.plan))
             })
+            .and_then(|p| p.encode())
             .unwrap();
             let kept = cache.transform(&row.file, &bytes, &t, &settings()).unwrap();
             assert_eq!(

@@ -137,14 +137,6 @@ fn with_results(s3: &S3Server) -> String {
     )
 }
 
-fn header(r: &reqwest::Response, name: &str) -> String {
-    r.headers()
-        .get(name)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_string()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_variant_made_by_one_node_is_served_by_a_fresh_node_without_the_original() {
     let s3 = S3Server::start().await;

@@ -27,9 +27,7 @@ use super::transform::decode::{self, needed_eighths};
 use super::transform::geometry::{self, Plan};
 use super::transform::pixels::Pixels;
 use super::transform::sniff::SourceFormat;
-use super::transform::{
-    prepare_via, resize, transform_via, Output, Prepared, TransformLimits, TransformSettings,
-};
+use super::transform::{prepare_via, resize, Output, Prepared, TransformLimits, TransformSettings};
 use crate::error::Result;
 use crate::metrics::metrics;
 use crate::variant::{Resize, Transform};
@@ -108,9 +106,7 @@ impl Mezzanines {
         t: &Transform,
         s: &TransformSettings,
     ) -> Result<Output> {
-        transform_via(bytes, t, s, |format, limits, resize| {
-            self.resized(key, bytes, format, limits, resize)
-        })
+        self.prepare(key, bytes, t, s)?.encode()
     }
 
     /// [`Self::transform`] less the encode ([`super::transform::prepare_via`]).

@@ -449,13 +449,7 @@ impl Origin {
                 );
                 let prepare = move |original: &[u8]| match &mezzanine {
                     Some((m, key)) => m.prepare(key, original, &t, &settings),
-                    None => transform::prepare_via(original, &t, &settings, |f, l, r| {
-                        let decoded = transform::decode::decode(original, f, l, r)?;
-                        Ok((
-                            transform::resize::resize(decoded.pixels, &decoded.plan)?,
-                            decoded.plan,
-                        ))
-                    }),
+                    None => transform::prepare(original, &t, &settings),
                 };
                 if wants_avif(&t) {
                     return self
@@ -549,20 +543,19 @@ impl Origin {
             },
         };
         let Some(avif_slot) = avif_slot else {
-            let interim = match interim {
-                Some(i) => i,
+            let (prepared, interim) = match interim {
+                Some(i) => (prepared, i),
                 None => {
-                    let p = prepared;
-                    let (i, p) = self
-                        .pool
-                        .run(&slot, move || Ok((interim_of(&p)?, p)))
-                        .await?;
-                    drop(slot);
-                    return Ok(self.defer(variant, key, fetched_at, p, i, source_etag, label));
+                    self.pool
+                        .run(&slot, move || {
+                            let i = interim_of(&prepared)?;
+                            Ok((prepared, i))
+                        })
+                        .await?
                 }
             };
             drop(slot);
-            return Ok(self.defer(
+            let answer = self.defer(
                 variant,
                 key,
                 fetched_at,
@@ -570,7 +563,8 @@ impl Origin {
                 interim,
                 source_etag,
                 label,
-            ));
+            );
+            return Ok(answer);
         };
         drop(slot);
         let (avif, took) = self

@@ -635,13 +635,18 @@ pub fn tls_client(certs: &Path, http1_only: bool, names: &[&str], port: u16) -> 
     b.build().unwrap()
 }
 
-/// The `X-Cache` header, or "" without one.
-pub fn x_cache(r: &reqwest::Response) -> String {
+/// Header `name` of `r` as text, or "" without one.
+pub fn header(r: &reqwest::Response, name: &str) -> String {
     r.headers()
-        .get("x-cache")
+        .get(name)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_string()
+}
+
+/// The `X-Cache` header, or "" without one.
+pub fn x_cache(r: &reqwest::Response) -> String {
+    header(r, "x-cache")
 }
 
 /// Decode an image response body and return its dimensions and format.

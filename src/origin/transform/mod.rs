@@ -96,26 +96,15 @@ pub fn require_image(bytes: &[u8]) -> Result<SourceFormat> {
 
 /// Produce the variant `t` of the original `bytes`.
 pub fn transform(bytes: &[u8], t: &Transform, s: &TransformSettings) -> Result<Output> {
-    transform_via(bytes, t, s, |format, limits, resize| {
+    prepare(bytes, t, s)?.encode()
+}
+
+/// Everything of [`transform`] but the encode.
+pub fn prepare(bytes: &[u8], t: &Transform, s: &TransformSettings) -> Result<Prepared> {
+    prepare_via(bytes, t, s, |format, limits, resize| {
         let decoded = decode::decode(bytes, format, limits, resize)?;
         Ok((resize::resize(decoded.pixels, &decoded.plan)?, decoded.plan))
     })
-}
-
-/// [`transform`] with the decode and resize steps supplied by the caller (the origin's
-/// mezzanine cache): `resized` gets the sniffed format, the limits and the resize, and returns
-/// the resized pixels and the plan they were resized by.
-pub fn transform_via(
-    bytes: &[u8],
-    t: &Transform,
-    s: &TransformSettings,
-    resized: impl FnOnce(
-        SourceFormat,
-        &TransformLimits,
-        Option<crate::variant::Resize>,
-    ) -> Result<(pixels::Pixels, geometry::Plan)>,
-) -> Result<Output> {
-    prepare_via(bytes, t, s, resized)?.encode()
 }
 
 /// A variant's pixels ready to encode: resized, in sRGB, padded, flattened when the format
@@ -153,7 +142,9 @@ impl Prepared {
     }
 }
 
-/// Everything of [`transform_via`] but the encode.
+/// [`prepare`] with the decode and resize steps supplied by the caller (the origin's mezzanine
+/// cache): `resized` gets the sniffed format, the limits and the resize, and returns the resized
+/// pixels and the plan they were resized by.
 pub fn prepare_via(
     bytes: &[u8],
     t: &Transform,
