@@ -117,8 +117,11 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for ClientLimits<A> {
 pub struct HeaderDeadline {
     inner: Stream,
     timeout: Duration,
-    /// Armed while a request header is arriving.
-    deadline: Option<Pin<Box<Sleep>>>,
+    /// When the request header now arriving must be complete; `None` between requests.
+    due: Option<Instant>,
+    /// The timer for `due`, armed only when a read would wait while a header is incomplete:
+    /// most headers arrive whole in one read, so most requests never touch the timer wheel.
+    timer: Option<Pin<Box<Sleep>>>,
     /// The last bytes of the header so far, to find a blank line split across reads.
     tail: [u8; 3],
     /// A response was written since the last header ended: the next bytes start a request.
@@ -140,7 +143,7 @@ impl fmt::Debug for HeaderDeadline {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("HeaderDeadline")
             .field("inner", &self.inner)
-            .field("waiting", &self.deadline.is_some())
+            .field("waiting", &self.due.is_some())
             .finish()
     }
 }
@@ -151,7 +154,8 @@ impl HeaderDeadline {
         HeaderDeadline {
             inner,
             timeout,
-            deadline: Some(Box::pin(tokio::time::sleep(timeout))),
+            due: Some(Instant::now() + timeout),
+            timer: None,
             tail: [0; 3],
             responded: false,
             header_bytes: 0,
@@ -182,29 +186,51 @@ impl HeaderDeadline {
 
     /// No byte of a request is pending: before the first one, or between requests.
     fn idle(&self) -> bool {
-        if self.deadline.is_some() {
+        if self.due.is_some() {
             self.header_bytes == 0
         } else {
             self.responded
         }
     }
 
-    /// Look for the end of the header in newly read bytes.
+    /// Look for the end of the header in newly read bytes (no allocation: this runs on every
+    /// read of every request).
     fn scan(&mut self, new: &[u8]) {
         self.header_bytes += new.len();
-        let mut window = self.tail.to_vec();
-        window.extend_from_slice(new);
-        if window.windows(4).any(|w| w == b"\r\n\r\n") {
-            self.deadline = None;
-            self.responded = false;
-            self.tail = [0; 3];
-            self.header_bytes = 0;
-        } else if window.len() >= 3 {
-            self.tail.copy_from_slice(&window[window.len() - 3..]);
+        // A blank line split across reads lies within the 3 kept bytes and 3 new ones.
+        let mut seam = [0u8; 6];
+        seam[..3].copy_from_slice(&self.tail);
+        let k = new.len().min(3);
+        seam[3..3 + k].copy_from_slice(&new[..k]);
+        let blank = |w: &[u8]| w == b"\r\n\r\n";
+        if seam[..3 + k].windows(4).any(blank) || new.windows(4).any(blank) {
+            self.header_done();
+        } else if new.len() >= 3 {
+            self.tail.copy_from_slice(&new[new.len() - 3..]);
         } else {
-            self.tail = [0; 3];
-            self.tail[3 - window.len()..].copy_from_slice(&window);
+            // Shift the kept bytes left by the new ones.
+            self.tail.rotate_left(new.len());
+            self.tail[3 - new.len()..].copy_from_slice(new);
         }
+    }
+
+    /// A request header is complete: no deadline until the next one starts.
+    fn header_done(&mut self) {
+        self.due = None;
+        // An armed timer would wake the task once more at the old deadline.
+        self.timer = None;
+        self.responded = false;
+        self.tail = [0; 3];
+        self.header_bytes = 0;
+    }
+
+    /// The header deadline passed: the read fails and Pingora closes the connection.
+    fn timed_out() -> Poll<io::Result<()>> {
+        metrics().client_timeouts.inc();
+        Poll::Ready(Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "request header not received in time",
+        )))
     }
 }
 
@@ -215,15 +241,6 @@ impl AsyncRead for HeaderDeadline {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        if let Some(d) = this.deadline.as_mut() {
-            if d.as_mut().poll(cx).is_ready() {
-                metrics().client_timeouts.inc();
-                return Poll::Ready(Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "request header not received in time",
-                )));
-            }
-        }
         if let Some(s) = this.shutdown.as_mut() {
             if s.get_mut().as_mut().poll(cx).is_ready() {
                 this.shutdown = None;
@@ -245,36 +262,55 @@ impl AsyncRead for HeaderDeadline {
         }
         let before = buf.filled().len();
         let res = Pin::new(&mut this.inner).poll_read(cx, buf);
-        if let Poll::Ready(Ok(())) = res {
-            let new = &buf.filled()[before..];
-            if let (Some(scan), false) = (this.h2.as_mut(), new.is_empty()) {
-                scan.feed(new);
-                if scan.pending() {
-                    if this.deadline.is_none() {
-                        this.deadline = Some(Box::pin(tokio::time::sleep_until(
-                            Instant::now() + this.timeout,
-                        )));
+        match res {
+            Poll::Ready(Ok(())) => {
+                let new = &buf.filled()[before..];
+                if new.is_empty() {
+                    return res;
+                }
+                let now = Instant::now();
+                // A client trickling bytes keeps reads ready, so the deadline is checked here
+                // too (before the scan: a header completed late is still late).
+                if this.due.is_some_and(|due| now >= due) {
+                    return Self::timed_out();
+                }
+                if let Some(scan) = this.h2.as_mut() {
+                    scan.feed(new);
+                    if scan.pending() {
+                        this.due.get_or_insert(now + this.timeout);
+                    } else if scan.header_blocks > 0 && this.due.is_some() {
+                        this.header_done();
                     }
-                } else if scan.header_blocks > 0 {
-                    this.deadline = None;
+                } else {
+                    this.last_io = now;
+                    if this.due.is_none() && this.responded {
+                        // The first bytes of the next request on a kept-alive connection.
+                        this.due = Some(now + this.timeout);
+                        this.tail = [0; 3];
+                        this.header_bytes = 0;
+                    }
+                    if this.due.is_some() {
+                        this.scan(new);
+                    }
                 }
-            } else if !new.is_empty() {
-                this.last_io = Instant::now();
-                if this.deadline.is_none() && this.responded {
-                    // The first bytes of the next request on a kept-alive connection.
-                    this.deadline = Some(Box::pin(tokio::time::sleep_until(
-                        Instant::now() + this.timeout,
-                    )));
-                    this.tail = [0; 3];
-                    this.header_bytes = 0;
-                }
-                if this.deadline.is_some() {
-                    let new = new.to_vec();
-                    this.scan(&new);
-                }
+                res
             }
+            Poll::Pending => {
+                if let Some(due) = this.due {
+                    let timer = this
+                        .timer
+                        .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due)));
+                    if timer.deadline() != due {
+                        timer.as_mut().reset(due);
+                    }
+                    if timer.as_mut().poll(cx).is_ready() {
+                        return Self::timed_out();
+                    }
+                }
+                Poll::Pending
+            }
+            Poll::Ready(Err(_)) => res,
         }
-        res
     }
 }
 
@@ -486,7 +522,7 @@ mod tests {
             for c in chunks {
                 d.scan(c);
             }
-            d.deadline.is_none()
+            d.due.is_none()
         })
     }
 
@@ -556,5 +592,66 @@ mod tests {
         assert!(scanned(&[b"\r", b"\n", b"\r", b"\n"]));
         assert!(!scanned(&[b"GET / HTTP/1.1\r\nHost: a\r\n"]));
         assert!(!scanned(&[b"GET / HTTP/1.1\r\n\r", b"x\n"]));
+        assert!(scanned(&[b"GET / HTTP/1.1\r\nA: b\r\n", b"\r\n"]));
+        assert!(scanned(&[b"GET / HTTP/1.1\r\nA: b\r", b"\n", b"\r\nxyz"]));
+        let one_by_one: Vec<&[u8]> = b"GET / HTTP/1.1\r\nA: b\r\n\r\n".chunks(1).collect();
+        assert!(scanned(&one_by_one));
+        assert!(!scanned(&one_by_one[..one_by_one.len() - 1]));
+        assert!(!scanned(&[b"\r\n", b"x", b"\r\n"]));
+    }
+
+    #[test]
+    fn whole_headers_never_arm_the_timer_and_slow_ones_time_out() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let timeout = Duration::from_millis(300);
+            let (a, mut client) = tokio::io::duplex(1024);
+            let mut d = HeaderDeadline::new(Box::new(a), timeout);
+            let mut buf = [0u8; 1024];
+            client
+                .write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+                .await
+                .unwrap();
+            assert!(d.read(&mut buf).await.unwrap() > 0);
+            assert!(d.due.is_none() && d.timer.is_none(), "{d:?}");
+            d.write_all(b"HTTP/1.1 204 No Content\r\n\r\n")
+                .await
+                .unwrap();
+            // A kept-alive connection, idle: a read waits without a deadline.
+            let idle = tokio::time::timeout(timeout * 2, d.read(&mut buf)).await;
+            assert!(idle.is_err(), "an idle connection is not timed out here");
+            // The next request starts but stops halfway: the read that waits arms the timer.
+            client.write_all(b"GET / HT").await.unwrap();
+            assert!(d.read(&mut buf).await.unwrap() > 0);
+            assert!(d.due.is_some() && d.timer.is_none());
+            let err = d.read(&mut buf).await.unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+
+            // A client trickling a byte every 50 ms never lets a read wait long: still cut.
+            let (a, mut client) = tokio::io::duplex(1024);
+            let mut d = HeaderDeadline::new(Box::new(a), timeout);
+            tokio::spawn(async move {
+                for b in b"GET / HTTP/1.1\r\nHost: slowloris.example\r\n"
+                    .iter()
+                    .cycle()
+                {
+                    if client.write_all(&[*b]).await.is_err() {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            });
+            let err = loop {
+                match d.read(&mut buf).await {
+                    Ok(n) => assert!(n > 0),
+                    Err(e) => break e,
+                }
+            };
+            assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        });
     }
 }
