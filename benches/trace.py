@@ -17,6 +17,28 @@ def zipf_weights(n, s):
     return [1.0 / (k ** s) for k in range(1, n + 1)]
 
 
+# The miss benches' trace (benches/vs_libvips.py, benches/vs_sharp.py): Zipf s=1.1 over MISS_IDS
+# ids and weighted widths; its misses are the distinct (id, width) pairs of MISS_REQUESTS
+# requests, in order of first request, so a hot id's later sizes follow its first.
+MISS_IDS, MISS_REQUESTS = 60, 50000
+MISS_WIDTHS = [(150, 30), (300, 20), (640, 12), (200, 16), (1024, 6), (400, 5), (480, 4),
+               (800, 3), (64, 2), (1280, 1), (1600, 1)]
+
+
+def zipf_misses(ids=MISS_IDS, requests=MISS_REQUESTS, widths=MISS_WIDTHS, s=1.1, seed=1):
+    """The distinct (id index, width) pairs of a Zipf trace, in order of first request."""
+    rnd = random.Random(seed)
+    idx = list(range(ids))
+    id_w = zipf_weights(ids, s)
+    seen, misses = set(), []
+    for _ in range(requests):
+        v = (rnd.choices(idx, id_w)[0], rnd.choices(*zip(*widths))[0])
+        if v not in seen:
+            seen.add(v)
+            misses.append(v)
+    return misses
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ids", type=int, default=500, help="distinct image ids (img00000.jpg, ...)")

@@ -55,14 +55,10 @@ CASES = [
 ]
 # imgedge's AVIF quality at q=80 (src/origin/transform/encode.rs avif_quality).
 AVIF_Q = int(os.environ.get("AVIF_Q", "62"))
-# The Zipf trace's misses (benches/trace.py's popularity: Zipf s=1.1 over ids, weighted sizes):
-# every distinct (id, width) of TRACE_REQUESTS requests, in order of first request, so a hot
-# id's later sizes follow its first. Every id is a 2 MP product photo (in-2mp.jpg; libvips
-# caches nothing between calls, imgedge keys its mezzanines by id, as the server does by id and
-# ETag).
-TRACE_IDS, TRACE_REQUESTS = 60, 50000
-TRACE_WIDTHS = [(150, 30), (300, 20), (640, 12), (200, 16), (1024, 6), (400, 5), (480, 4),
-                (800, 3), (64, 2), (1280, 1), (1600, 1)]
+# The Zipf trace's misses (benches/trace.py's zipf_misses). Every id is a 2 MP product photo
+# (in-2mp.jpg; libvips caches nothing between calls, imgedge keys its mezzanines by id, as the
+# server does by id and ETag).
+from trace import MISS_IDS as TRACE_IDS, MISS_REQUESTS as TRACE_REQUESTS, zipf_misses  # noqa: E402,E501
 
 SAVE = {".jpg": dict(Q=80, subsample_mode="on", keep="none"),
         ".webp": dict(Q=80, keep="none"),
@@ -106,16 +102,7 @@ def prepare(d):
     mid = pyvips.Image.new_from_file(os.path.join(CORPUS, "jpeg-progressive-3088x2056.jpg"))
     tex = mid.resize(1732 / mid.width, kernel="lanczos3")  # 1732x1153
     tex.jpegsave(os.path.join(d, "in-2mp-textured.jpg"), Q=90, subsample_mode="on", keep="none")
-    import random
-    rnd = random.Random(1)
-    ids = list(range(TRACE_IDS))
-    id_w = [1.0 / (k ** 1.1) for k in range(1, TRACE_IDS + 1)]
-    seen, misses = set(), []
-    for _ in range(TRACE_REQUESTS):
-        v = (rnd.choices(ids, id_w)[0], rnd.choices(*zip(*TRACE_WIDTHS))[0])
-        if v not in seen:
-            seen.add(v)
-            misses.append(v)
+    misses = zipf_misses()
     with open(os.path.join(d, "trace.tsv"), "w") as f:
         for i, w in misses:
             f.write(f"id{i}\tin-2mp.jpg\tsize={w}x\t{w}\n")

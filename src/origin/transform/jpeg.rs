@@ -196,20 +196,24 @@ pub fn decode(
 }
 
 /// The IDCT scale, in eighths, for a total shrink (source pixels per output pixel along the
-/// less-shrunk axis): libvips' shrink-on-load rule, 1/2 from 4x, 1/4 from 8x, 1/8 from 16x, so
-/// the resampler always has a shrink of at least 2 left and the output matches libvips'.
+/// less-shrunk axis): 1/2 from 3x, 1/4 from 8x, 1/8 from 16x.
 ///
-/// libjpeg-turbo also decodes at 3/8, 5/8, 6/8 and 7/8, but measured on six photos with a
-/// shrink between 3.3 and 3.9 (`benches/vs_libvips.sh` inputs and the corpus' 4-16 MP JPEGs) they
-/// do not pay: 5/8 is 10-20% faster than a full decode but only 0.987-0.992 SSIM against
-/// libvips' output (below the 0.99 bar on three of six), and 6/8 and 7/8 (scalar IDCTs, where
-/// 8x8 is SIMD) are no faster than a full decode. So only the power-of-two scales are used.
+/// This is libvips' shrink-on-load rule (leave the resampler at least 2x: 1/2 from 4x) except
+/// between 3x and 4x, where a full decode is most of the cost of a miss (12 MP → 1200 px, 2 MP →
+/// 400 px squares) and a 1/2-scale decode leaves the resampler 1.5-2x. Measured on the corpus'
+/// JPEGs in that band (lossless outputs, so no encoder noise): SSIM 0.996-0.998 against libvips'
+/// own output and within 0.002 of it against a Lanczos resize of the full decode; sharp's default
+/// (`fastShrinkOnLoad`, as imgproxy) goes further, to the largest power of two below the shrink
+/// from 3x, 5x and 9x, and costs up to 0.016 there (0.984 against libvips at 6.25x), so above 4x
+/// libvips' rule stays. The M/8 scales are not used: 5/8 is 10-20% faster than a full decode but
+/// only 0.987-0.992 against libvips' output, and 6/8 and 7/8 (scalar IDCTs, where 8x8 and the
+/// 1/2 are SIMD) are no faster than a full decode (`benches/vs_libvips.sh` inputs, six photos).
 pub fn scale_eighths(shrink: f64) -> u32 {
     if shrink >= 16.0 {
         1
     } else if shrink >= 8.0 {
         2
-    } else if shrink >= 4.0 {
+    } else if shrink >= 3.0 {
         4
     } else {
         8
@@ -246,10 +250,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn scale_follows_the_libvips_rule() {
+    fn scale_is_libvips_rule_with_half_scale_from_3x() {
         assert_eq!(scale_eighths(1.0), 8);
-        assert_eq!(scale_eighths(3.99), 8);
+        assert_eq!(scale_eighths(2.99), 8);
+        assert_eq!(scale_eighths(3.0), 4);
         assert_eq!(scale_eighths(4.0), 4);
+        assert_eq!(scale_eighths(7.9), 4);
         assert_eq!(scale_eighths(8.0), 2);
         assert_eq!(scale_eighths(15.9), 2);
         assert_eq!(scale_eighths(16.0), 1);
