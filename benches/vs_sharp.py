@@ -28,11 +28,11 @@ from trace import zipf_misses  # noqa: E402
 
 # case -> (description, URL paths). The originals are made by benches/peers/sharp.js.
 CASES = {
-    "2mp-400": ("2 MP 1414² → 400w, all distinct (shrink 3.5: full decode)",
+    "2mp-400": ("2 MP 1414² → 400w, all distinct (shrink 3.5)",
                 [f"/image/sq{i:03d}.jpg?size=400x" for i in range(300)]),
     "12mp-400": ("12 MP → 400w, all distinct",
                  [f"/image/big{i:03d}.jpg?size=400x" for i in range(96)]),
-    "12mp-1200": ("12 MP → 1200w, all distinct (shrink 3.3: full decode)",
+    "12mp-1200": ("12 MP → 1200w, all distinct (shrink 3.3)",
                   [f"/image/big{i:03d}.jpg?size=1200x" for i in range(96)]),
     "zipf": ("Zipf trace's misses: 653 distinct (id, width) of 50,000 requests over 60 2 MP ids",
              [f"/image/z{i:02d}.jpg?size={w}x" for i, w in zipf_misses()]),

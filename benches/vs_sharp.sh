@@ -2,7 +2,7 @@
 # Misses side by side: imgedge vs a sharp server (node + sharp 0.34, libvips 8.17), per server
 # CPU-second, over HTTP, in one run.
 #
-#   benches/vs_sharp.sh [-r ROUNDS] [-c CONNS] [BIN...]
+#   benches/vs_sharp.sh [-r ROUNDS] [-c CONNS] [-m MEZZANINE_BYTES] [BIN...]
 #
 # Every server reads the same originals from local files (imgedge: `origin.source: local`;
 # sharp: benches/peers/sharp.js serve) and answers JPEG Q80 4:2:0, metadata stripped. sharp runs
@@ -19,6 +19,7 @@
 # ratios, the SSIM of each server's first answer against a Lanczos resize of the full decode,
 # the wall rate and client-side p50/p99.
 #
+# -m: imgedge's transform.mezzanine_bytes (e.g. "1 GiB"; default: the shipped default).
 # BIN...: imgedge binaries (default: this checkout's release build), so a change to the miss path
 # is measured against the binary before it in the same run.
 # Installs sharp from npm into ~/.cache/imgedge-vs-sharp (needs node and npm: Debian's
@@ -27,12 +28,13 @@
 # from tests/corpus by sharp) are kept under $CARGO_TARGET_DIR/vs-sharp.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-rounds=3 conns=2
-while getopts "r:c:" o; do
+rounds=3 conns=2 mezz=""
+while getopts "r:c:m:" o; do
   case $o in
     r) rounds=$OPTARG ;;
     c) conns=$OPTARG ;;
-    *) sed -n '2,27p' "$0"; exit 2 ;;
+    m) mezz=$OPTARG ;;
+    *) sed -n '2,28p' "$0"; exit 2 ;;
   esac
 done
 shift $((OPTIND - 1))
@@ -79,7 +81,7 @@ server: {threads: 1, pid_file: $dir/ie.pid, upgrade_sock: $dir/ie-up.sock, grace
 edge: {listen: ["127.0.0.1:18727"], access_log: {format: "off"}}
 admin: {listen: "127.0.0.1:18737"}
 origin: {socket: $dir/ie-origin.sock, source: local, local: {root: $work/orig}}
-transform: {workers: 1}
+transform: {workers: 1${mezz:+, mezzanine_bytes: $mezz}}
 YAML
 start() { # SERVER: start it on core 0; sets pid, port
   case $1 in

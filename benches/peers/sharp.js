@@ -15,8 +15,9 @@
 // Shrink-on-load: sharp's default (`fastShrinkOnLoad: true`, as imgproxy does) decodes a JPEG at
 // the largest power-of-two scale the shrink allows (3.5 → 1/2, 10 → 1/8), leaving the resampler
 // as little as 1x; `exact` turns it off, which gives libvips thumbnail's rule (keep at least 2x
-// for the resampler: 3.5 → full decode, 10 → 1/4), the rule imgedge uses
-// (src/origin/transform/jpeg.rs `scale_eighths`). The bench runs both.
+// for the resampler: 3.5 → full decode, 10 → 1/4). imgedge uses libvips' rule except between 3x
+// and 4x, where it decodes at 1/2 (src/origin/transform/jpeg.rs `scale_eighths`). The bench runs
+// both.
 "use strict";
 const fs = require("fs");
 const fsp = require("fs/promises");
