@@ -450,8 +450,7 @@ fn taps_pass<'a>(
     }
 }
 
-/// Two i16 coefficients in the layout `pmaddwd` pairs them with (low: first row).
-#[cfg(target_arch = "x86_64")]
+/// Two i16 coefficients in the layout `pmaddwd` pairs them with (low: first row or pixel).
 fn pack_pair(a: i32, b: i32) -> i32 {
     ((u32::from(b as i16 as u16) << 16) | u32::from(a as i16 as u16)) as i32
 }
@@ -576,9 +575,7 @@ impl HCoef {
         let mut packed = Vec::with_capacity(ax.out * pairs);
         for c in ax.coef.chunks_exact(ax.taps) {
             for p in c.chunks(2) {
-                let lo = p.first().copied().unwrap_or(0) as i16 as u16;
-                let hi = p.get(1).copied().unwrap_or(0) as i16 as u16;
-                packed.push(((u32::from(hi) << 16) | u32::from(lo)) as i32);
+                packed.push(pack_pair(p[0], p.get(1).copied().unwrap_or(0)));
             }
         }
         let even = pairs.div_ceil(2) * 2;
