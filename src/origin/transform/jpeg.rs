@@ -1,5 +1,5 @@
 //! JPEG through libjpeg-turbo: strict decoding at reduced scale (1/2, 1/4, 1/8 inside the IDCT)
-//! and 4:2:0 encoding, with one decompressor and one compressor per resize thread.
+//! and 4:2:0 encoding: a decompressor per image, one compressor per resize thread.
 //!
 //! The `turbojpeg` crate's safe decompressor cannot stop on warnings, and a truncated or corrupt
 //! JPEG only *warns* in libjpeg (it returns grey-filled or damaged pixels). So decoding goes
@@ -43,7 +43,7 @@ pub struct JpegHeader {
 struct Decompressor(raw::tjhandle);
 
 // SAFETY (for the whole impl): the handle is non-null (checked in `new`), used by one thread
-// only (it lives in a thread_local), and every buffer passed to C is sized from the header
+// only (one decode owns it), and every buffer passed to C is sized from the header
 // libjpeg-turbo itself parsed for the same input.
 impl Decompressor {
     fn new() -> Result<Self> {
@@ -165,34 +165,26 @@ impl Drop for Decompressor {
 }
 
 thread_local! {
-    static DECOMPRESSOR: RefCell<Option<Decompressor>> = const { RefCell::new(None) };
     static COMPRESSOR: RefCell<Option<turbojpeg::Compressor>> = const { RefCell::new(None) };
-}
-
-fn with_decompressor<T>(f: impl FnOnce(&mut Decompressor) -> Result<T>) -> Result<T> {
-    DECOMPRESSOR.with(|cell| {
-        let mut slot = cell.borrow_mut();
-        let d = match slot.as_mut() {
-            Some(d) => d,
-            None => slot.insert(Decompressor::new()?),
-        };
-        f(d)
-    })
 }
 
 /// Decode strictly at the `eighths/8` scale `plan` picks from the header (1..=8; `plan` may
 /// also refuse): `(header, width, height, samples)`. One header parse serves both.
+///
+/// Each decode has a handle of its own: libjpeg keeps Huffman and quantization tables in the
+/// handle from one image to the next (for abbreviated datastreams), so a reused one would decode
+/// a JPEG that lacks a table with the previous request's, or fail on a table a corrupt one left
+/// (`decodes_as_upstream_libjpeg_turbo` caught both). A handle costs microseconds.
 pub fn decode(
     bytes: &[u8],
     max_pixels: u64,
     plan: impl FnOnce(&JpegHeader) -> Result<u32>,
 ) -> Result<(JpegHeader, u32, u32, Vec<u8>)> {
-    with_decompressor(|d| {
-        let h = d.header(bytes, max_pixels)?;
-        let eighths = plan(&h)?;
-        let (w, hh, px) = d.decode(bytes, &h, eighths)?;
-        Ok((h, w, hh, px))
-    })
+    let mut d = Decompressor::new()?;
+    let h = d.header(bytes, max_pixels)?;
+    let eighths = plan(&h)?;
+    let (w, hh, px) = d.decode(bytes, &h, eighths)?;
+    Ok((h, w, hh, px))
 }
 
 /// The IDCT scale, in eighths, for a total shrink (source pixels per output pixel along the
@@ -278,5 +270,72 @@ mod tests {
         assert_eq!(decode(cut, 1 << 20, |_| Ok(8)).unwrap_err().status(), 422);
         // libjpeg-turbo's own pixel limit, behind ours (which checks the header first).
         assert_eq!(decode(&jpeg, 100, |_| Ok(8)).unwrap_err().status(), 422);
+    }
+
+    /// Corruption `k` of `data`: tests/data/make_jpeg_decode_hashes.py's `mutant`, the same
+    /// LCG, so both sides decode the same bytes.
+    fn mutant(data: &[u8], k: u64) -> Vec<u8> {
+        let mut state = k + 1;
+        let mut next = || {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            state >> 33
+        };
+        let mut d = data.to_vec();
+        let start = d.len() / 4;
+        for _ in 0..1 + next() % 2 {
+            let pos = start + (next() % (d.len() - start - 2) as u64) as usize;
+            d[pos] = (next() % 256) as u8;
+        }
+        d
+    }
+
+    /// The vendored libjpeg-turbo decodes a whole AC coefficient per table lookup where upstream
+    /// takes the code and the magnitude bits in two steps (vendor/turbojpeg-sys/IMGEDGE.md).
+    /// Every sample must stay what upstream 3.1.0 makes through the same TurboJPEG calls: the
+    /// corpus at each IDCT scale, and corrupted files (where the new table meets invalid codes,
+    /// stray markers, runs past the block), or the same refusal
+    /// (tests/data/make_jpeg_decode_hashes.py and tjdecode.c make the fixture).
+    #[test]
+    fn decodes_as_upstream_libjpeg_turbo() {
+        use sha2::{Digest, Sha256};
+        use std::fmt::Write;
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let fixture = std::fs::read_to_string(root.join("tests/data/jpeg-decode-sha256.tsv"))
+            .expect("fixture");
+        let (mut checked, mut decoded, mut wrong) = (0, 0, Vec::new());
+        for line in fixture.lines().filter(|l| !l.starts_with('#')) {
+            let [name, eighths, want] = line.split('\t').collect::<Vec<_>>()[..] else {
+                panic!("bad fixture line {line:?}");
+            };
+            let (file, k) = match name.split_once('#') {
+                Some((f, k)) => (f, Some(k.parse::<u64>().unwrap())),
+                None => (name, None),
+            };
+            let data = std::fs::read(root.join("tests/corpus/valid").join(file)).unwrap();
+            let data = k.map_or(data.clone(), |k| mutant(&data, k));
+            let eighths: u32 = eighths.parse().unwrap();
+            let got = match decode(&data, 100_000_000, |_| Ok(eighths)) {
+                Ok((_, w, h, px)) => {
+                    decoded += 1;
+                    let mut s = format!("{w}x{h} ");
+                    for b in Sha256::digest(&px) {
+                        let _ = write!(s, "{b:02x}");
+                    }
+                    s
+                }
+                Err(_) => "error".to_string(),
+            };
+            checked += 1;
+            if got != want {
+                wrong.push(format!("{name} at {eighths}/8: {got}, upstream {want}"));
+            }
+        }
+        assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+        assert!(
+            checked > 200 && decoded > 100,
+            "{checked} checked, {decoded} decoded"
+        );
     }
 }
