@@ -6,7 +6,7 @@ decoder must not change a sample).
 
     python3 tests/data/make_jpeg_decode_hashes.py      # needs cmake, nasm, patch, a C compiler
 
-It builds libturbojpeg from vendor/turbojpeg-sys/libjpeg-turbo with imgedge-fast-ac.patch
+It builds libturbojpeg from vendor/turbojpeg-sys/libjpeg-turbo with imgedge-huffman.patch
 reversed and links tjdecode.c (the Rust `decode`'s calls, in C) against it (TJDECODE=path skips
 that and uses the given program), then writes, for every non-CMYK corpus JPEG at 1/8, 2/8, 4/8
 and 8/8 scale and for MUTANTS seeded corruptions of three small ones, the SHA-256 of the RGB
@@ -54,7 +54,7 @@ def mutant(data, k):
 def upstream_tjdecode(tmp):
     src = os.path.join(tmp, "libjpeg-turbo")
     shutil.copytree(os.path.join(ROOT, "vendor", "turbojpeg-sys", "libjpeg-turbo"), src)
-    patch = os.path.join(ROOT, "vendor", "turbojpeg-sys", "imgedge-fast-ac.patch")
+    patch = os.path.join(ROOT, "vendor", "turbojpeg-sys", "imgedge-huffman.patch")
     subprocess.run(["patch", "-R", "-p1", "-d", tmp, "-i", patch], check=True)
     build = os.path.join(tmp, "build")
     os.makedirs(build)

@@ -250,7 +250,32 @@ jpeg_make_d_derived_tbl(j_decompress_ptr cinfo, boolean isDC, int tblno,
    * index belongs to at most one code.
    */
   memset(dtbl->fast_ac, 0, sizeof(dtbl->fast_ac));
-  if (!isDC) {
+  if (isDC) {
+    /* DC fast table: the difference and the bits to drop, where the size
+     * category's code and its magnitude bits fit FAST_AC_BITS.
+     */
+    p = 0;
+    for (l = 1; l <= FAST_AC_BITS; l++) {
+      for (i = 1; i <= (int)htbl->bits[l]; i++, p++) {
+        int size = htbl->huffval[p];
+        int free_bits = FAST_AC_BITS - l;
+
+        if (size < 0 || size > free_bits)
+          continue;
+        lookbits = huffcode[p] << free_bits;
+        for (ctr = 0; ctr < (1 << free_bits); ctr++) {
+          int val = 0;
+
+          if (size) {
+            int mag = (ctr >> (free_bits - size)) & ((1 << size) - 1);
+            val = mag < (1 << (size - 1)) ? mag - (1 << size) + 1 : mag;
+          }
+          dtbl->fast_ac[lookbits + ctr] =
+            (int)((unsigned int)val << 16) | (l + size);
+        }
+      }
+    }
+  } else {
     p = 0;
     for (l = 1; l <= FAST_AC_BITS; l++) {
       for (i = 1; i <= (int)htbl->bits[l]; i++, p++) {
@@ -685,6 +710,102 @@ decode_mcu_slow(j_decompress_ptr cinfo, JBLOCKROW *MCU_data)
 }
 
 
+/* The fast path below keeps its bit buffer left-aligned (the next bit is the
+ * buffer's top bit): a lookup then needs one shift by a constant, and dropping
+ * the bits it used one shift by their count, which shortens the dependency
+ * chain from one Huffman code to the next.  bits_left still counts the valid
+ * bits; the bits below them are zero.
+ */
+#define L_GET_BYTE { \
+  register int c0, c1; \
+  c0 = *buffer++; \
+  c1 = *buffer; \
+  if (c0 == 0xFF) { \
+    /* Pre-execute case of FF/00, which represents an FF data byte */ \
+    buffer++; \
+    if (c1 != 0) { \
+      /* A marker: end of compressed data.  Back out and feed zero bits. */ \
+      cinfo->unread_marker = c1; \
+      buffer -= 2; \
+      c0 = 0; \
+    } \
+  } \
+  get_buffer |= (bit_buf_type)c0 << (BIT_BUF_SIZE - 8 - bits_left); \
+  bits_left += 8; \
+}
+
+#if BIT_BUF_SIZE == 64 && defined(__GNUC__) && defined(__BYTE_ORDER__) && \
+    __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+
+/* Six bytes at once when none of them is 0xFF (a stuffed byte or a marker)
+ * and eight can be read without passing the end of the buffer, else one by
+ * one as upstream does.
+ */
+#define L_FILL_BIT_BUFFER_FAST \
+  if (bits_left <= 16) { \
+    bit_buf_type w_ = 0xFFFFFFFFFFFFULL; \
+    if (buffer_end - buffer >= 8) { \
+      memcpy(&w_, buffer, 8); \
+      w_ = __builtin_bswap64(w_) >> 16; \
+    } \
+    if (!((~w_ - 0x010101010101ULL) & w_ & 0x808080808080ULL)) { \
+      get_buffer |= w_ << (16 - bits_left); \
+      buffer += 6; \
+      bits_left += 48; \
+    } else { \
+      L_GET_BYTE L_GET_BYTE L_GET_BYTE L_GET_BYTE L_GET_BYTE L_GET_BYTE \
+    } \
+  }
+
+#elif BIT_BUF_SIZE == 64
+
+#define L_FILL_BIT_BUFFER_FAST \
+  if (bits_left <= 16) { \
+    L_GET_BYTE L_GET_BYTE L_GET_BYTE L_GET_BYTE L_GET_BYTE L_GET_BYTE \
+  }
+
+#else
+
+#define L_FILL_BIT_BUFFER_FAST \
+  if (bits_left <= 16) { \
+    L_GET_BYTE L_GET_BYTE \
+  }
+
+#endif
+
+#define L_PEEK_BITS(nbits) \
+  ((int)(get_buffer >> (BIT_BUF_SIZE - (nbits))))
+
+#define L_DROP_BITS(nbits) { \
+  get_buffer <<= (nbits); \
+  bits_left -= (nbits); \
+}
+
+#define L_GET_BITS(nbits) \
+  (l_bits = L_PEEK_BITS(nbits), get_buffer <<= (nbits), \
+   bits_left -= (nbits), l_bits)
+
+#define L_HUFF_DECODE_FAST(s, nb, htbl) \
+  L_FILL_BIT_BUFFER_FAST; \
+  s = htbl->lookup[L_PEEK_BITS(HUFF_LOOKAHEAD)]; \
+  nb = s >> HUFF_LOOKAHEAD; \
+  if (nb <= HUFF_LOOKAHEAD) { \
+    L_DROP_BITS(nb); \
+    s = s & ((1 << HUFF_LOOKAHEAD) - 1); \
+  } else { \
+    /* Equivalent of jpeg_huff_decode() */ \
+    s = L_GET_BITS(nb); \
+    while (s > htbl->maxcode[nb]) { \
+      s <<= 1; \
+      s |= L_GET_BITS(1); \
+      nb++; \
+    } \
+    if (nb > 16) \
+      s = 0; \
+    else \
+      s = htbl->pub->huffval[(int)(s + htbl->valoffset[nb]) & 0xFF]; \
+  }
+
 #if defined(__has_feature)
 #if __has_feature(undefined_behavior_sanitizer)
 __attribute__((no_sanitize("signed-integer-overflow"),
@@ -696,14 +817,16 @@ decode_mcu_fast(j_decompress_ptr cinfo, JBLOCKROW *MCU_data)
 {
   huff_entropy_ptr entropy = (huff_entropy_ptr)cinfo->entropy;
   BITREAD_STATE_VARS;
-  JOCTET *buffer;
-  int blkn;
+  JOCTET *buffer, *buffer_end;
+  int blkn, l_bits;
   savable_state state;
   /* Outer loop handles each block in the MCU */
 
-  /* Load up working state */
+  /* Load up working state; the bit buffer is kept left-aligned here */
   BITREAD_LOAD_STATE(cinfo, entropy->bitstate);
+  get_buffer = bits_left > 0 ? get_buffer << (BIT_BUF_SIZE - bits_left) : 0;
   buffer = (JOCTET *)br_state.next_input_byte;
+  buffer_end = buffer + br_state.bytes_in_buffer;
   state = entropy->saved;
 
   for (blkn = 0; blkn < cinfo->blocks_in_MCU; blkn++) {
@@ -712,11 +835,18 @@ decode_mcu_fast(j_decompress_ptr cinfo, JBLOCKROW *MCU_data)
     d_derived_tbl *actbl = entropy->ac_cur_tbls[blkn];
     register int s, k, r, l;
 
-    HUFF_DECODE_FAST(s, l, dctbl);
+    L_FILL_BIT_BUFFER_FAST
+    s = dctbl->fast_ac[L_PEEK_BITS(FAST_AC_BITS)];
     if (s) {
-      FILL_BIT_BUFFER_FAST
-      r = GET_BITS(s);
-      s = HUFF_EXTEND(r, s);
+      L_DROP_BITS(s & 0x3F);
+      s >>= 16;
+    } else {
+      L_HUFF_DECODE_FAST(s, l, dctbl);
+      if (s) {
+        L_FILL_BIT_BUFFER_FAST
+        r = L_GET_BITS(s);
+        s = HUFF_EXTEND(r, s);
+      }
     }
 
     if (entropy->dc_needed[blkn]) {
@@ -733,23 +863,23 @@ decode_mcu_fast(j_decompress_ptr cinfo, JBLOCKROW *MCU_data)
     if (entropy->ac_needed[blkn] && block) {
 
       for (k = 1; k < DCTSIZE2; k++) {
-        FILL_BIT_BUFFER_FAST
-        s = actbl->fast_ac[PEEK_BITS(FAST_AC_BITS)];
+        L_FILL_BIT_BUFFER_FAST
+        s = actbl->fast_ac[L_PEEK_BITS(FAST_AC_BITS)];
         if (s) {
-          DROP_BITS(s & 0x7F);
+          L_DROP_BITS(s & 0x3F);
           if (s & 0x80) break;
           k += (s >> 8) & 15;
           (*block)[jpeg_natural_order[k]] = (JCOEF)(s >> 16);
           continue;
         }
-        HUFF_DECODE_FAST(s, l, actbl);
+        L_HUFF_DECODE_FAST(s, l, actbl);
         r = s >> 4;
         s &= 15;
 
         if (s) {
           k += r;
-          FILL_BIT_BUFFER_FAST
-          r = GET_BITS(s);
+          L_FILL_BIT_BUFFER_FAST
+          r = L_GET_BITS(s);
           s = HUFF_EXTEND(r, s);
           (*block)[jpeg_natural_order[k]] = (JCOEF)s;
         } else {
@@ -761,22 +891,22 @@ decode_mcu_fast(j_decompress_ptr cinfo, JBLOCKROW *MCU_data)
     } else {
 
       for (k = 1; k < DCTSIZE2; k++) {
-        FILL_BIT_BUFFER_FAST
-        s = actbl->fast_ac[PEEK_BITS(FAST_AC_BITS)];
+        L_FILL_BIT_BUFFER_FAST
+        s = actbl->fast_ac[L_PEEK_BITS(FAST_AC_BITS)];
         if (s) {
-          DROP_BITS(s & 0x7F);
+          L_DROP_BITS(s & 0x3F);
           if (s & 0x80) break;
           k += (s >> 8) & 15;
           continue;
         }
-        HUFF_DECODE_FAST(s, l, actbl);
+        L_HUFF_DECODE_FAST(s, l, actbl);
         r = s >> 4;
         s &= 15;
 
         if (s) {
           k += r;
-          FILL_BIT_BUFFER_FAST
-          DROP_BITS(s);
+          L_FILL_BIT_BUFFER_FAST
+          L_DROP_BITS(s);
         } else {
           if (r != 15) break;
           k += 15;
@@ -792,6 +922,8 @@ decode_mcu_fast(j_decompress_ptr cinfo, JBLOCKROW *MCU_data)
 
   br_state.bytes_in_buffer -= (buffer - br_state.next_input_byte);
   br_state.next_input_byte = buffer;
+  /* Back to the right-aligned buffer the rest of the decoder uses */
+  get_buffer = bits_left > 0 ? get_buffer >> (BIT_BUF_SIZE - bits_left) : 0;
   BITREAD_SAVE_STATE(cinfo, entropy->bitstate);
   entropy->saved = state;
   return TRUE;
