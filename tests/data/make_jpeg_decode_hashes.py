@@ -9,8 +9,8 @@ decoder must not change a sample).
 It builds libturbojpeg from vendor/turbojpeg-sys/libjpeg-turbo with imgedge-huffman.patch
 reversed and links tjdecode.c (the Rust `decode`'s calls, in C) against it (TJDECODE=path skips
 that and uses the given program), then writes, for every non-CMYK corpus JPEG at 1/8, 2/8, 4/8
-and 8/8 scale and for MUTANTS seeded corruptions of three small ones, the SHA-256 of the RGB
-samples or `error`. The Rust test makes the same mutants with the same generator (`mutant`
+and 8/8 scale (and of two files with restart markers, RESTART) and for MUTANTS seeded
+corruptions of five small ones, the SHA-256 of the RGB samples or `error`. The Rust test makes the same mutants with the same generator (`mutant`
 below). The API matters, not only the library: libjpeg-turbo's fast Huffman path (the one the
 patch changes) needs the data buffered ahead, which TurboJPEG's in-memory source always has and
 djpeg's 4 KiB stdio buffer mostly has not; on corrupt data the two paths warn differently.
@@ -28,7 +28,12 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.join(HERE, "..", "..")
 VALID = os.path.join(ROOT, "tests", "corpus", "valid")
 OUT = os.path.join(HERE, "jpeg-decode-sha256.tsv")
-MUTANT_BASES = ["jpeg-tiny-16x16.jpg", "jpeg-grayscale-512x512.jpg", "jpeg-exif-orientation-8.jpg"]
+# Restart intervals (DRI; every MCU row of a 4:2:0 photo, every 3 MCUs of a grayscale one): made
+# from two corpus files with upstream's `jpegtran -copy none -restart 1` and `-restart 3B`. The
+# fast path runs between restart markers, so these cover its backing out at each marker.
+RESTART = ["data/jpeg-restart-rows.jpg", "data/jpeg-restart-mcus.jpg"]
+MUTANT_BASES = ["jpeg-tiny-16x16.jpg", "jpeg-grayscale-512x512.jpg",
+                "jpeg-exif-orientation-8.jpg"] + RESTART
 MUTANTS = 64
 M64 = (1 << 64) - 1
 
@@ -49,6 +54,11 @@ def mutant(data, k):
         pos = start + nxt() % (len(d) - start - 2)
         d[pos] = nxt() % 256
     return bytes(d)
+
+
+def source(name):
+    """A fixture name's file: under tests/ when it has a directory, else a corpus file."""
+    return os.path.join(ROOT, "tests", name) if "/" in name else os.path.join(VALID, name)
 
 
 def upstream_tjdecode(tmp):
@@ -87,15 +97,15 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         tjdecode = os.environ.get("TJDECODE") or upstream_tjdecode(tmp)
         rows = []
-        for path in sorted(glob.glob(os.path.join(VALID, "jpeg-*.jpg"))):
-            name = os.path.basename(path)
+        names = [os.path.basename(p) for p in sorted(glob.glob(os.path.join(VALID, "jpeg-*.jpg")))]
+        for name in names + RESTART:
             if "cmyk" in name:
                 continue  # decoded as CMYK, not RGB
-            data = open(path, "rb").read()
+            data = open(source(name), "rb").read()
             for e in (1, 2, 4, 8):
                 rows.append(f"{name}\t{e}\t{decoded(tjdecode, data, e)}")
         for name in MUTANT_BASES:
-            data = open(os.path.join(VALID, name), "rb").read()
+            data = open(source(name), "rb").read()
             for k in range(MUTANTS):
                 e = (1, 2, 4, 8)[k % 4]
                 rows.append(f"{name}#{k}\t{e}\t{decoded(tjdecode, mutant(data, k), e)}")

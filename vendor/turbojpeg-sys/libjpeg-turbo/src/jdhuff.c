@@ -953,12 +953,15 @@ decode_mcu(j_decompress_ptr cinfo, JBLOCKROW *MCU_data)
   huff_entropy_ptr entropy = (huff_entropy_ptr)cinfo->entropy;
   int usefast = 1;
 
-  /* Process restart marker if needed; may have to suspend */
+  /* Process restart marker if needed; may have to suspend.  The fast path
+   * runs between restart markers too: it backs out of an MCU whose lookahead
+   * meets the marker (as it does at the end of a scan), and that MCU is then
+   * decoded by the slow path, which stops at the marker.
+   */
   if (cinfo->restart_interval) {
     if (entropy->restarts_to_go == 0)
       if (!process_restart(cinfo))
         return FALSE;
-    usefast = 0;
   }
 
   if (cinfo->src->bytes_in_buffer < BUFSIZE * (size_t)cinfo->blocks_in_MCU ||
