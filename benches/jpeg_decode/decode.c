@@ -1,5 +1,5 @@
-/* CPU time of one JPEG decode, as imgedge decodes (TurboJPEG 3, whole file in memory, RGB out at
- * a scale): benches/jpeg_decode.sh links it against upstream's and the shipped libjpeg-turbo.
+/* CPU time of one JPEG decode, as imgedge decodes (TurboJPEG 3, whole file in memory, stop on
+ * warnings, 500-scan limit, RGB out at a scale): benches/jpeg_decode.sh links it against upstream's and the shipped libjpeg-turbo.
  *
  *   decode ITERS EIGHTHS FILE...   prints, per file, the least CPU ms of ITERS decodes
  */
@@ -41,7 +41,9 @@ int main(int argc, char **argv)
     jpeg = malloc(len);
     if (!jpeg || fread(jpeg, 1, len, f) != (size_t)len) return 2;
     fclose(f);
-    if (tj3DecompressHeader(tj, jpeg, len) || tj3SetScalingFactor(tj, sf)) {
+    /* imgedge's settings (src/origin/transform/jpeg.rs; tests/data/tjdecode.c has the same) */
+    if (tj3Set(tj, TJPARAM_STOPONWARNING, 1) || tj3Set(tj, TJPARAM_SCANLIMIT, 500) ||
+        tj3DecompressHeader(tj, jpeg, len) || tj3SetScalingFactor(tj, sf)) {
       fprintf(stderr, "%s: %s\n", argv[a], tj3GetErrorStr(tj));
       return 1;
     }
