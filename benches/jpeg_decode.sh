@@ -40,7 +40,7 @@ build() { # NAME REVERSE
     && make -j"$(nproc)" turbojpeg-static >/dev/null)
   cc -O2 -I "$src/libjpeg-turbo/src" -I "$b" -o "$work/$1/decode" benches/jpeg_decode/decode.c "$b/libturbojpeg.a"
 }
-stamp=$(cat "$vendor/imgedge-huffman.patch" "$vendor/libjpeg-turbo/src/jdhuff.c" benches/jpeg_decode/decode.c | sha256sum | cut -c1-16)
+stamp=$(cat "$vendor/imgedge-huffman.patch" "$vendor/libjpeg-turbo/src/jdhuff.c" "$vendor/libjpeg-turbo/src/jdphuff.c" benches/jpeg_decode/decode.c | sha256sum | cut -c1-16)
 if [ "$(cat "$work/stamp" 2>/dev/null)" != "$stamp" ]; then
   echo "# building upstream and shipped libturbojpeg under $work" >&2
   build upstream 1 && build shipped 0 && echo "$stamp" > "$work/stamp"

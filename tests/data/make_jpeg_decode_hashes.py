@@ -9,8 +9,8 @@ decoder must not change a sample).
 It builds libturbojpeg from vendor/turbojpeg-sys/libjpeg-turbo with imgedge-huffman.patch
 reversed and links tjdecode.c (the Rust `decode`'s calls, in C) against it (TJDECODE=path skips
 that and uses the given program), then writes, for every non-CMYK corpus JPEG at 1/8, 2/8, 4/8
-and 8/8 scale (and of two files with restart markers, RESTART) and for MUTANTS seeded
-corruptions of five small ones, the SHA-256 of the RGB samples or `error`. The Rust test makes the same mutants with the same generator (`mutant`
+and 8/8 scale (and of two files with restart markers, RESTART, and a small progressive one,
+PROGRESSIVE) and for MUTANTS seeded corruptions of six small ones, the SHA-256 of the RGB samples or `error`. The Rust test makes the same mutants with the same generator (`mutant`
 below). The API matters, not only the library: libjpeg-turbo's fast Huffman path (the one the
 patch changes) needs the data buffered ahead, which TurboJPEG's in-memory source always has and
 djpeg's 4 KiB stdio buffer mostly has not; on corrupt data the two paths warn differently.
@@ -32,8 +32,13 @@ OUT = os.path.join(HERE, "jpeg-decode-sha256.tsv")
 # from two corpus files with upstream's `jpegtran -copy none -restart 1` and `-restart 3B`. The
 # fast path runs between restart markers, so these cover its backing out at each marker.
 RESTART = ["data/jpeg-restart-rows.jpg", "data/jpeg-restart-mcus.jpg"]
+# A small progressive file (upstream's `jpegtran -copy none -progressive` of a corpus photo: the
+# standard scan script, with DC and AC refinement scans), whose corruptions reach the changed
+# AC refinement decoder (jdphuff.c) with invalid codes and runs; the corpus' progressive files
+# are too large to corrupt 64 times in a test.
+PROGRESSIVE = ["data/jpeg-progressive.jpg"]
 MUTANT_BASES = ["jpeg-tiny-16x16.jpg", "jpeg-grayscale-512x512.jpg",
-                "jpeg-exif-orientation-8.jpg"] + RESTART
+                "jpeg-exif-orientation-8.jpg"] + RESTART + PROGRESSIVE
 MUTANTS = 64
 M64 = (1 << 64) - 1
 
@@ -98,7 +103,7 @@ def main():
         tjdecode = os.environ.get("TJDECODE") or upstream_tjdecode(tmp)
         rows = []
         names = [os.path.basename(p) for p in sorted(glob.glob(os.path.join(VALID, "jpeg-*.jpg")))]
-        for name in names + RESTART:
+        for name in names + RESTART + PROGRESSIVE:
             if "cmyk" in name:
                 continue  # decoded as CMYK, not RGB
             data = open(source(name), "rb").read()

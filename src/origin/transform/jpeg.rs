@@ -328,7 +328,8 @@ mod tests {
     /// takes the code and the magnitude bits in two steps (vendor/turbojpeg-sys/IMGEDGE.md).
     /// Every sample must stay what upstream 3.1.0 makes through the same TurboJPEG calls: the
     /// corpus at each IDCT scale, two files with restart markers (where the fast path backs out
-    /// at every marker), and corrupted files (where the new table meets invalid codes, stray
+    /// at every marker), a small progressive file (whose refinement scans take the branch-free
+    /// correction bits), and corrupted files (where the new table meets invalid codes, stray
     /// markers, runs past the block), or the same refusal
     /// (tests/data/make_jpeg_decode_hashes.py and tjdecode.c make the fixture).
     #[test]
@@ -346,8 +347,8 @@ mod tests {
                 Some((f, k)) => (f, Some(k.parse::<u64>().unwrap())),
                 None => (name, None),
             };
-            // A name with a directory is under tests/ (the restart-marker files), else a corpus
-            // file.
+            // A name with a directory is under tests/ (the restart-marker and progressive
+            // files), else a corpus file.
             let path = match file.contains('/') {
                 true => root.join("tests").join(file),
                 false => root.join("tests/corpus/valid").join(file),

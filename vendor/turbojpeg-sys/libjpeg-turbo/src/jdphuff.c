@@ -495,6 +495,21 @@ decode_mcu_DC_refine(j_decompress_ptr cinfo, JBLOCKROW *MCU_data)
 
 
 /*
+ * imgedge: a correction bit for an already-nonzero coefficient, applied
+ * without branching on the bit or on the coefficient's sign (the bits are
+ * close to random, so upstream's if-chain mispredicted about half of them).
+ * Same result: when the bit is 1 and the coefficient's p1 bit is still 0, add
+ * p1 to a positive coefficient and m1 = -p1 to a negative one.
+ */
+#define APPLY_CORRECTION_BIT(coefp, bit, p1) { \
+  int c_ = *(coefp); \
+  int neg_ = c_ >> 31;                  /* -1 if negative, else 0 */ \
+  int add_ = ((p1) ^ neg_) - neg_;      /* p1 or -p1 (m1) */ \
+  int do_ = (bit) & ((c_ & (p1)) == 0); \
+  *(coefp) = (JCOEF)(c_ + (add_ & -do_)); \
+}
+
+/*
  * MCU decoding for AC successive approximation refinement scan.
  */
 
@@ -577,14 +592,7 @@ decode_mcu_AC_refine(j_decompress_ptr cinfo, JBLOCKROW *MCU_data)
           thiscoef = *block + jpeg_natural_order[k];
           if (*thiscoef != 0) {
             CHECK_BIT_BUFFER(br_state, 1, goto undoit);
-            if (GET_BITS(1)) {
-              if ((*thiscoef & p1) == 0) { /* do nothing if already set it */
-                if (*thiscoef >= 0)
-                  *thiscoef += (JCOEF)p1;
-                else
-                  *thiscoef += (JCOEF)m1;
-              }
-            }
+            APPLY_CORRECTION_BIT(thiscoef, GET_BITS(1), p1);
           } else {
             if (--r < 0)
               break;            /* reached target zero coefficient */
@@ -611,14 +619,7 @@ decode_mcu_AC_refine(j_decompress_ptr cinfo, JBLOCKROW *MCU_data)
         thiscoef = *block + jpeg_natural_order[k];
         if (*thiscoef != 0) {
           CHECK_BIT_BUFFER(br_state, 1, goto undoit);
-          if (GET_BITS(1)) {
-            if ((*thiscoef & p1) == 0) { /* do nothing if already changed it */
-              if (*thiscoef >= 0)
-                *thiscoef += (JCOEF)p1;
-              else
-                *thiscoef += (JCOEF)m1;
-            }
-          }
+          APPLY_CORRECTION_BIT(thiscoef, GET_BITS(1), p1);
         }
       }
       /* Count one block completed in EOB run */
