@@ -305,6 +305,23 @@ mod tests {
         assert!(decode(&bare, 1 << 20, |_| Ok(8)).unwrap().3 == want);
     }
 
+    /// The frame marker of a JPEG (0xC0 baseline, 0xC2 progressive, ...), found by walking the
+    /// segments after SOI.
+    fn sof_marker(data: &[u8]) -> Option<u8> {
+        let mut at = 2;
+        while at + 4 <= data.len() {
+            let (ff, m) = (data[at], data[at + 1]);
+            if ff != 0xFF {
+                return None;
+            }
+            if (0xC0..=0xCF).contains(&m) && ![0xC4, 0xC8, 0xCC].contains(&m) {
+                return Some(m);
+            }
+            at += 2 + usize::from(u16::from_be_bytes([data[at + 2], data[at + 3]]));
+        }
+        None
+    }
+
     /// Corruption `k` of `data`: tests/data/make_jpeg_decode_hashes.py's `mutant`, the same
     /// LCG, so both sides decode the same bytes.
     fn mutant(data: &[u8], k: u64) -> Vec<u8> {
@@ -338,7 +355,7 @@ mod tests {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
         let fixture = std::fs::read_to_string(root.join("tests/data/jpeg-decode-sha256.tsv"))
             .expect("fixture");
-        let (mut checked, mut decoded, mut wrong) = (0, 0, Vec::new());
+        let (mut checked, mut decoded, mut unseen, mut wrong) = (0, 0, 0, Vec::new());
         for line in fixture.lines().filter(|l| !l.starts_with('#')) {
             let [name, eighths, want] = line.split('\t').collect::<Vec<_>>()[..] else {
                 panic!("bad fixture line {line:?}");
@@ -354,6 +371,7 @@ mod tests {
                 false => root.join("tests/corpus/valid").join(file),
             };
             let data = std::fs::read(path).unwrap();
+            let progressive = sof_marker(&data) == Some(0xC2);
             let data = match k {
                 Some(k) => mutant(&data, k),
                 None => data,
@@ -367,11 +385,20 @@ mod tests {
                 Err(_) => "error".to_string(),
             };
             checked += 1;
+            // At 1/8 scale the vendored decoder skips the AC scans of a progressive file's
+            // components whose IDCT reads only the DC coefficient (IMGEDGE.md); corruption
+            // confined to such a scan then goes unseen where upstream, decoding it, refuses.
+            // That is the one allowed difference: a refusal upstream, an image here.
+            if eighths == 1 && progressive && want == "error" && got != "error" {
+                unseen += 1;
+                continue;
+            }
             if got != want {
                 wrong.push(format!("{name} at {eighths}/8: {got}, upstream {want}"));
             }
         }
         assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+        assert!(unseen <= 16, "{unseen} refusals upstream decoded here");
         assert!(
             checked > 200 && decoded > 100,
             "{checked} checked, {decoded} decoded"

@@ -26,6 +26,7 @@
 #include "jinclude.h"
 #include "jpeglib.h"
 #include "jdhuff.h"             /* Declarations shared with jd*huff.c */
+#include "jpegapicomp.h"
 #include <limits.h>
 
 
@@ -70,6 +71,12 @@ METHODDEF(boolean) decode_mcu_AC_first(j_decompress_ptr cinfo,
                                        JBLOCKROW *MCU_data);
 METHODDEF(boolean) decode_mcu_DC_refine(j_decompress_ptr cinfo,
                                         JBLOCKROW *MCU_data);
+#if defined(__GNUC__) || defined(__clang__)
+__attribute__((noinline, cold))
+#endif
+LOCAL(boolean) skip_scan_data(j_decompress_ptr cinfo);
+METHODDEF(boolean) decode_mcu_skipped(j_decompress_ptr cinfo,
+                                      JBLOCKROW *MCU_data);
 METHODDEF(boolean) decode_mcu_AC_refine(j_decompress_ptr cinfo,
                                         JBLOCKROW *MCU_data);
 
@@ -188,6 +195,21 @@ start_pass_phuff_decoder(j_decompress_ptr cinfo)
 
   /* Initialize restart counter */
   entropy->restarts_to_go = cinfo->restart_interval;
+
+  /* imgedge: an AC scan of a component decoded at 1/8 scale (a 1x1 IDCT,
+   * which reads only the DC coefficient) cannot change the output, so its
+   * data is skipped rather than decoded: at 1/8 scale the luma AC scans are
+   * most of a progressive file.  Only when the scan's end is already in the
+   * source's buffer (TurboJPEG's in-memory source always has the whole
+   * file), so a truncated scan decodes, and fails, as upstream; and not in
+   * buffered-image mode, whose intermediate passes show partial AC data.
+   * The progression bookkeeping above is done as for a decoded scan, so
+   * block smoothing stays off exactly when upstream's is.
+   */
+  if (!is_DC_band && !cinfo->buffered_image &&
+      cinfo->cur_comp_info[0]->_DCT_scaled_size == 1 &&
+      skip_scan_data(cinfo))
+    entropy->pub.decode_mcu = decode_mcu_skipped;
 }
 
 
@@ -643,6 +665,51 @@ undoit:
     (*block)[newnz_pos[--num_newnz]] = 0;
 
   return FALSE;
+}
+
+
+/*
+ * imgedge: move the source past the entropy-coded data of the current scan,
+ * to the marker that ends it (a 0xFF followed by anything but a stuffed zero,
+ * a restart marker or another 0xFF), and leave that marker as the one to read
+ * next, as the bit reader does when it meets it.  Only within the bytes
+ * already buffered: returns FALSE, consuming nothing, if the marker is not
+ * there.
+ */
+LOCAL(boolean)
+skip_scan_data(j_decompress_ptr cinfo)
+{
+  struct jpeg_source_mgr *src = cinfo->src;
+  const JOCTET *p = src->next_input_byte;
+  const JOCTET *end = p + src->bytes_in_buffer;
+
+  while (p < end) {
+    const JOCTET *ff = (const JOCTET *)memchr(p, 0xFF, (size_t)(end - p));
+    int c;
+
+    if (ff == NULL)
+      return FALSE;
+    p = ff + 1;
+    while (p < end && GETJOCTET(*p) == 0xFF)
+      p++;
+    if (p >= end)
+      return FALSE;
+    c = GETJOCTET(*p++);
+    if (c != 0 && (c < 0xD0 || c > 0xD7)) {
+      cinfo->unread_marker = c;
+      src->bytes_in_buffer -= (size_t)(p - src->next_input_byte);
+      src->next_input_byte = p;
+      return TRUE;
+    }
+  }
+  return FALSE;
+}
+
+/* imgedge: the MCU decoder of a skipped scan (see skip_scan_data()). */
+METHODDEF(boolean)
+decode_mcu_skipped(j_decompress_ptr cinfo, JBLOCKROW *MCU_data)
+{
+  return TRUE;
 }
 
 
