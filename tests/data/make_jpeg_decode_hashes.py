@@ -32,10 +32,10 @@ OUT = os.path.join(HERE, "jpeg-decode-sha256.tsv")
 # from two corpus files with upstream's `jpegtran -copy none -restart 1` and `-restart 3B`. The
 # fast path runs between restart markers, so these cover its backing out at each marker.
 RESTART = ["data/jpeg-restart-rows.jpg", "data/jpeg-restart-mcus.jpg"]
-# A small progressive file (upstream's `jpegtran -copy none -progressive` of a corpus photo: the
-# standard scan script, with DC and AC refinement scans), whose corruptions reach the changed
-# AC refinement decoder (jdphuff.c) with invalid codes and runs; the corpus' progressive files
-# are too large to corrupt 64 times in a test.
+# A small progressive file (upstream's `jpegtran -copy none -crop 512x512+240+400 -progressive`
+# of jpeg-exif-orientation-8.jpg: the standard scan script, with DC and AC refinement scans),
+# whose corruptions reach the changed progressive decoder (jdphuff.c) with invalid codes and
+# runs; the corpus' progressive files are too large to corrupt 64 times in a test.
 PROGRESSIVE = ["data/jpeg-progressive.jpg"]
 MUTANT_BASES = ["jpeg-tiny-16x16.jpg", "jpeg-grayscale-512x512.jpg",
                 "jpeg-exif-orientation-8.jpg"] + RESTART + PROGRESSIVE

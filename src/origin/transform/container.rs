@@ -155,6 +155,8 @@ pub struct JpegMeta {
     pub icc: Option<Vec<u8>>,
     /// An Adobe APP14 marker is present: CMYK samples are stored inverted.
     pub adobe: bool,
+    /// The frame is progressive and Huffman-coded (SOF2).
+    pub progressive: bool,
 }
 
 /// Read the segments before the first scan. Malformed headers give defaults: libjpeg-turbo
@@ -190,6 +192,7 @@ pub fn jpeg_meta(b: &[u8]) -> JpegMeta {
                 icc_chunks.push((body[12], &body[14..]));
             }
             0xEE if body.starts_with(b"Adobe") => meta.adobe = true,
+            0xC2 => meta.progressive = true,
             _ => {}
         }
         i += 2 + len;
@@ -357,6 +360,14 @@ pub fn check(b: &[u8], format: SourceFormat, max_frames: u32, max_text: u64) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn jpeg_meta_tells_progressive_frames() {
+        let corpus = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus/valid");
+        let meta = |name: &str| jpeg_meta(&std::fs::read(corpus.join(name)).unwrap());
+        assert!(meta("jpeg-progressive-3088x2056.jpg").progressive);
+        assert!(!meta("jpeg-baseline-2560x1600.jpg").progressive);
+    }
 
     #[test]
     fn jpeg_end_skips_stuffing_and_restart_markers() {

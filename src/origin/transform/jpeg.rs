@@ -305,23 +305,6 @@ mod tests {
         assert!(decode(&bare, 1 << 20, |_| Ok(8)).unwrap().3 == want);
     }
 
-    /// The frame marker of a JPEG (0xC0 baseline, 0xC2 progressive, ...), found by walking the
-    /// segments after SOI.
-    fn sof_marker(data: &[u8]) -> Option<u8> {
-        let mut at = 2;
-        while at + 4 <= data.len() {
-            let (ff, m) = (data[at], data[at + 1]);
-            if ff != 0xFF {
-                return None;
-            }
-            if (0xC0..=0xCF).contains(&m) && ![0xC4, 0xC8, 0xCC].contains(&m) {
-                return Some(m);
-            }
-            at += 2 + usize::from(u16::from_be_bytes([data[at + 2], data[at + 3]]));
-        }
-        None
-    }
-
     /// Corruption `k` of `data`: tests/data/make_jpeg_decode_hashes.py's `mutant`, the same
     /// LCG, so both sides decode the same bytes.
     fn mutant(data: &[u8], k: u64) -> Vec<u8> {
@@ -371,7 +354,7 @@ mod tests {
                 false => root.join("tests/corpus/valid").join(file),
             };
             let data = std::fs::read(path).unwrap();
-            let progressive = sof_marker(&data) == Some(0xC2);
+            let progressive = crate::origin::transform::container::jpeg_meta(&data).progressive;
             let data = match k {
                 Some(k) => mutant(&data, k),
                 None => data,
