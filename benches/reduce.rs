@@ -1,5 +1,6 @@
 //! `reduce` (libvips-exact Lanczos3) against fast_image_resize's Lanczos3 (what resize.rs used
-//! for every opaque downsize before), on RGB sizes of the miss path, one thread.
+//! for every opaque downsize before), on RGB sizes of the miss path, one thread; and `reduce`
+//! alone on one-channel images.
 //!
 //!   cargo bench --bench reduce
 
@@ -54,6 +55,14 @@ fn bench(c: &mut Criterion) {
                 resizer.resize(black_box(&img), &mut dst, &opts).unwrap();
                 black_box(dst)
             })
+        });
+    }
+    // One channel (grey images; the luma plane of a planar pipeline).
+    for (w, h, ow, oh) in [(1790, 1119, 1600, 1000), (1790, 1119, 400, 250)] {
+        let src: Vec<u8> = card(w, h).into_iter().step_by(3).collect();
+        let crop = (0.0, 0.0, f64::from(w), f64::from(h));
+        g.bench_function(format!("reduce grey {w}x{h} -> {ow}x{oh}"), |b| {
+            b.iter(|| black_box(reduce(black_box(&src), w, h, 1, crop, ow, oh).unwrap()))
         });
     }
     g.finish();

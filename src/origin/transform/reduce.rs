@@ -94,7 +94,7 @@ pub fn reduce(
             mid,
         );
 
-        let hcoef = HCoef::new(&ax);
+        let hcoef = HCoef::new(&ax, channels);
         let out_row = ax.out * channels;
         let mut out = vec![0u8; ay.out * out_row];
         // Rows are read in place; the last 16-byte load may run past a row (its coefficients
@@ -635,13 +635,17 @@ struct HCoef {
     /// zeros to an even count. Loading these beats building them from scalars in the loop
     /// (two broadcasts and a blend per operand); built once per resize, not per row.
     lanes: Vec<[i32; 8]>,
+    /// For the one-channel AVX2 kernel, per output pixel pair and group of 8 taps: both
+    /// pixels' coefficients as i16 (first 8: the first pixel), taps padded with zeros to a
+    /// multiple of 8. Built only for one-channel images, as `lanes` only for 3 and 4.
+    singles: Vec<[i16; 16]>,
     /// The same coefficients, unpacked, for the portable path.
     coef: Vec<i32>,
     taps: usize,
 }
 
 impl HCoef {
-    fn new(ax: &Axis) -> HCoef {
+    fn new(ax: &Axis, channels: usize) -> HCoef {
         let pairs = ax.taps.div_ceil(2);
         let mut packed = Vec::with_capacity(ax.out * pairs);
         for c in ax.coef.chunks_exact(ax.taps) {
@@ -650,8 +654,12 @@ impl HCoef {
             }
         }
         let even = pairs.div_ceil(2) * 2;
-        let mut lanes = Vec::with_capacity(ax.out / 2 * even);
-        for two in packed.chunks_exact(2 * pairs) {
+        let wide = channels >= 3;
+        let mut lanes = Vec::with_capacity(if wide { ax.out / 2 * even } else { 0 });
+        for two in packed
+            .chunks_exact(2 * pairs)
+            .take(if wide { usize::MAX } else { 0 })
+        {
             let (a, b) = two.split_at(pairs);
             for p in 0..even {
                 let (ka, kb) = (
@@ -661,11 +669,33 @@ impl HCoef {
                 lanes.push([ka, ka, ka, ka, kb, kb, kb, kb]);
             }
         }
+        let groups = ax.taps.div_ceil(8);
+        let mut singles = Vec::with_capacity(if channels == 1 {
+            ax.out / 2 * groups
+        } else {
+            0
+        });
+        for two in
+            ax.coef
+                .chunks_exact(2 * ax.taps)
+                .take(if channels == 1 { usize::MAX } else { 0 })
+        {
+            let (a, b) = two.split_at(ax.taps);
+            for g in 0..groups {
+                let mut l = [0i16; 16];
+                for i in 0..8 {
+                    l[i] = a.get(8 * g + i).map_or(0, |&c| c as i16);
+                    l[8 + i] = b.get(8 * g + i).map_or(0, |&c| c as i16);
+                }
+                singles.push(l);
+            }
+        }
         HCoef {
             start: ax.start.clone(),
             pairs,
             packed,
             lanes,
+            singles,
             coef: ax.coef.clone(),
             taps: ax.taps,
         }
@@ -674,6 +704,12 @@ impl HCoef {
 
 /// Horizontal pass over one row (`line`: the window, padded by 16 bytes).
 fn horizontal(h: &HCoef, channels: usize, line: &[u8], dst: &mut [u8]) {
+    #[cfg(target_arch = "x86_64")]
+    if channels == 1 && std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: AVX2 is present, checked here.
+        unsafe { horizontal1_avx2(h, line, dst) };
+        return;
+    }
     #[cfg(target_arch = "x86_64")]
     if (channels == 3 || channels == 4) && std::arch::is_x86_feature_detected!("ssse3") {
         // SAFETY: SSSE3 (and AVX2 where used) is present, checked here.
@@ -853,6 +889,57 @@ unsafe fn horizontal_avx2<const C: usize>(h: &HCoef, line: &[u8], dst: &mut [u8]
     );
 }
 
+/// One channel (grey, or one plane of a planar image), two output pixels at a time, one per
+/// 128-bit lane: 8 taps per step, zero-extended to i16 and `pmaddwd`-ed with [`HCoef::singles`],
+/// the lane's four partial sums added at the end. Integer sums: bit for bit the portable path.
+/// `line` must hold 8 bytes past the last tap of the last output pixel (the callers pad by 32).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn horizontal1_avx2(h: &HCoef, line: &[u8], dst: &mut [u8]) {
+    use std::arch::x86_64::*;
+    let groups = h.taps.div_ceil(8);
+    let span = groups * 8;
+    let round = _mm256_set1_epi32(ROUND);
+    let last = dst.len().wrapping_sub(1);
+    let mut out = dst.chunks_exact_mut(2);
+    for ((px, s), k) in out
+        .by_ref()
+        .zip(h.start.chunks_exact(2))
+        .zip(h.singles.chunks_exact(groups))
+    {
+        // Both windows: every 8-byte load below stays inside them.
+        let (Some(wa), Some(wb)) = (line.get(s[0]..s[0] + span), line.get(s[1]..s[1] + span))
+        else {
+            continue;
+        };
+        let mut sum = _mm256_setzero_si256();
+        for (g, k) in k.iter().enumerate() {
+            // SAFETY: 8 * g + 8 <= span, the windows' length; each `k` is 16 i16s.
+            let a = _mm_loadl_epi64(wa.as_ptr().add(8 * g) as *const __m128i);
+            let b = _mm_loadl_epi64(wb.as_ptr().add(8 * g) as *const __m128i);
+            let p = _mm256_cvtepu8_epi16(_mm_unpacklo_epi64(a, b));
+            let k = _mm256_loadu_si256(k.as_ptr() as *const __m256i);
+            sum = _mm256_add_epi32(sum, _mm256_madd_epi16(p, k));
+        }
+        // Each lane's four partial sums into its first element.
+        let s1 = _mm256_hadd_epi32(sum, sum);
+        let s2 = _mm256_hadd_epi32(s1, s1);
+        let v = _mm256_srai_epi32(_mm256_add_epi32(s2, round), COEF_SHIFT as i32);
+        px[0] = _mm256_extract_epi32::<0>(v).clamp(0, 255) as u8;
+        px[1] = _mm256_extract_epi32::<4>(v).clamp(0, 255) as u8;
+    }
+    // An odd last pixel.
+    if let ([d], Some(&start)) = (out.into_remainder(), h.start.get(last)) {
+        let coef = h.coef.chunks_exact(h.taps).nth(last).unwrap_or(&[]);
+        let src = line.get(start..start + h.taps).unwrap_or(&[]);
+        let sum = src
+            .iter()
+            .zip(coef)
+            .fold(ROUND, |s, (&p, &k)| s + k * i32::from(p));
+        *d = (sum >> COEF_SHIFT).clamp(0, 255) as u8;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::{
@@ -1008,17 +1095,20 @@ mod tests {
         for &(w, outs) in &[
             (37usize, &[36usize, 30, 19, 18, 5, 1][..]),
             (1414, &[1280, 1024, 801, 640, 400, 300, 151, 64][..]),
+            (1790, &[1600, 200, 100, 63][..]),
+            (895, &[100, 63][..]),
         ] {
             for &out in outs {
                 let ax = Axis::plan(w, 0.0, w as f64, out, w as f64 / out as f64).unwrap();
-                let h = HCoef::new(&ax);
-                for channels in [3, 4] {
+                for channels in [1, 3, 4] {
+                    let h = HCoef::new(&ax, channels);
                     let len = (ax.hi - ax.lo).max(ax.len_after_box) * channels + 32;
                     let line: Vec<u8> = (0..len).map(|_| rng.gen()).collect();
                     let mut simd = vec![0u8; out * channels];
                     let mut portable = vec![1u8; out * channels];
                     horizontal(&h, channels, &line, &mut simd);
                     match channels {
+                        1 => horizontal_n::<1>(&h, &line, &mut portable),
                         3 => horizontal_n::<3>(&h, &line, &mut portable),
                         _ => horizontal_n::<4>(&h, &line, &mut portable),
                     }
