@@ -16,6 +16,7 @@ fn bench(c: &mut Criterion) {
         background: [255, 255, 255],
         default_quality: 80,
         avif_speed: imgedge::origin::transform::encode::AVIF_SPEED,
+        planar_jpeg: true,
     };
     let opts = ParseOptions::default();
     let mut g = c.benchmark_group("transform");

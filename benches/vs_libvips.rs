@@ -47,6 +47,7 @@ fn main() {
         background: [255, 255, 255],
         default_quality: 80,
         avif_speed: imgedge::origin::transform::encode::AVIF_SPEED,
+        planar_jpeg: true,
     };
     let cases = std::fs::read_to_string(dir.join("cases.tsv")).expect("cases.tsv");
     let mut results = String::new();

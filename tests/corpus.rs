@@ -63,6 +63,7 @@ fn settings() -> TransformSettings {
         background: [255, 255, 255],
         default_quality: 80,
         avif_speed: imgedge::origin::transform::encode::AVIF_SPEED,
+        planar_jpeg: true,
     }
 }
 
@@ -524,8 +525,77 @@ fn fuzz_regressions_are_answered_without_a_crash() {
 /// makes or, made from a larger decode, within SSIM 0.99 of a direct resize of the full decode
 /// or no further from it than that node's (orientation, ICC, alpha and crops included). A new identity (a changed
 /// original's ETag) never reuses the old pixels.
+/// The planar JPEG → JPEG path against the RGB path (`planar_jpeg: false`) on every valid
+/// JPEG it takes, at sizes with and without the box pre-shrink, odd sizes (the encoder's
+/// padded planes) and a cover crop: same size and format, the same bytes when asked twice,
+/// and as close as the RGB path's JPEG to the RGB path's lossless resize (both carry Q80's
+/// loss: two JPEGs of one picture are ~0.98-0.99 SSIM apart, so each is held to the lossless
+/// target instead).
+#[test]
+fn planar_jpeg_outputs_are_as_good_as_the_rgb_paths() {
+    let rgb = TransformSettings {
+        planar_jpeg: false,
+        ..settings()
+    };
+    let queries = [
+        "size=1200x",
+        "size=640x",
+        "size=401x301&fit=cover",
+        "size=300x",
+        "size=200x125&fit=fill",
+        "size=150x150",
+        "size=64x",
+    ];
+    let (mut took, mut report, mut failures) = (0, Vec::new(), Vec::new());
+    for row in manifest().iter().filter(|r| r.file.starts_with("valid/")) {
+        if !row.file.ends_with(".jpg") {
+            continue;
+        }
+        let bytes = read(&row.file);
+        for q in queries {
+            let (a, b) = (run(&bytes, q).unwrap(), run_with(&bytes, q, &rgb).unwrap());
+            assert_eq!(
+                (a.format, a.width, a.height),
+                (b.format, b.width, b.height),
+                "{} {q}",
+                row.file
+            );
+            assert_eq!(run(&bytes, q).unwrap().bytes, a.bytes, "{} {q}", row.file);
+            if a.bytes == b.bytes {
+                continue;
+            }
+            took += 1;
+            let target = rgba(
+                &run_with(&bytes, &format!("{q}&format=png"), &rgb)
+                    .unwrap()
+                    .bytes,
+            );
+            let (sa, sb) = (
+                ssim(&rgba(&a.bytes), &target),
+                ssim(&rgba(&b.bytes), &target),
+            );
+            report.push(format!(
+                "{:<44} {q:<24} planar {sa:.4} rgb {sb:.4}",
+                row.file
+            ));
+            if sa < sb - 0.005 {
+                failures.push(format!("{} {q}: planar {sa:.4}, rgb {sb:.4}", row.file));
+            }
+        }
+    }
+    println!("{}", report.join("\n"));
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    assert!(took >= 20, "the planar path took only {took} outputs");
+}
+
 #[test]
 fn mezzanines_serve_further_sizes_as_a_direct_decode_would() {
+    // The RGB path's mezzanines here; the planar path's at the end.
+    let planar = settings();
+    let settings = || TransformSettings {
+        planar_jpeg: false,
+        ..planar
+    };
     let cache = Mezzanines::new(256 << 20);
     let lookups = |r: &str| metrics().mezzanine_lookups.with_label_values(&[r]).get();
     let sizes = [
@@ -607,4 +677,46 @@ fn mezzanines_serve_further_sizes_as_a_direct_decode_would() {
         .transform("other\netag", &bytes, &t, &settings())
         .unwrap();
     assert_eq!(lookups("miss"), misses + 1);
+
+    // The planar path keeps planes under keys of its own: one first decode, at most one
+    // upgrade, hits for the rest, each output as the planar path makes it without the cache
+    // or within 0.99 of it.
+    let before = (lookups("miss"), lookups("upgrade"), lookups("hit"));
+    let queries = [
+        "size=300x",
+        "size=150x150",
+        "size=640x",
+        "size=1200x",
+        "size=64x",
+    ];
+    for q in queries {
+        let t = Variant::parse("/image/x", Some(q), &ParseOptions::default())
+            .unwrap()
+            .transform
+            .unwrap();
+        let kept = cache
+            .transform("planar\netag", &bytes, &t, &planar)
+            .unwrap();
+        let plain = transform(&bytes, &t, &planar).unwrap();
+        assert_eq!(
+            (kept.width, kept.height),
+            (plain.width, plain.height),
+            "{q}"
+        );
+        if kept.bytes != plain.bytes {
+            let s = ssim(&rgba(&kept.bytes), &rgba(&plain.bytes));
+            assert!(
+                s >= 0.99,
+                "{q}: SSIM {s:.4} against the planar path without the cache"
+            );
+        }
+    }
+    let (miss, upgrade, hit) = (
+        lookups("miss") - before.0,
+        lookups("upgrade") - before.1,
+        lookups("hit") - before.2,
+    );
+    assert_eq!(miss, 1);
+    assert!(upgrade <= 1, "{upgrade} upgrades");
+    assert_eq!(hit + upgrade, queries.len() as u64 - 1);
 }

@@ -71,6 +71,7 @@ fuzz_target!(|data: &[u8]| {
         background: [255, 255, 255],
         default_quality: 80,
         avif_speed: transform::encode::AVIF_SPEED,
+        planar_jpeg: true,
     };
     let _ = transform(data, &t, &s);
     if let Some(f) = sniff::sniff(data) {

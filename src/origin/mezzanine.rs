@@ -25,9 +25,13 @@ use moka::sync::Cache;
 
 use super::transform::decode::{self, needed_eighths};
 use super::transform::geometry::{self, Plan};
+use super::transform::jpeg::YuvImage;
 use super::transform::pixels::Pixels;
 use super::transform::sniff::SourceFormat;
-use super::transform::{prepare_via, resize, Output, Prepared, TransformLimits, TransformSettings};
+use super::transform::{
+    planar, prepare_planar, prepare_via, resize, Output, Prepared, TransformLimits,
+    TransformSettings,
+};
 use crate::error::Result;
 use crate::metrics::metrics;
 use crate::variant::{Resize, Transform};
@@ -42,17 +46,27 @@ const ENTRY_OVERHEAD: u64 = 512;
 
 /// Decoded, upright pixels of one original, before colour management.
 pub struct Mezzanine {
-    pixels: Pixels,
+    pixels: Kept,
     /// The upright size of the original.
     source: (u32, u32),
     /// The scale `pixels` were decoded at, in eighths.
     eighths: u32,
 }
 
+/// What a mezzanine holds: RGB(A), or a JPEG's Y'CbCr planes for the planar path
+/// ([`planar`]: 1.5 bytes a pixel in 4:2:0), under keys of their own.
+enum Kept {
+    Rgb(Pixels),
+    Yuv(YuvImage),
+}
+
 impl Mezzanine {
     fn bytes(&self) -> u64 {
-        let icc = self.pixels.icc.as_ref().map_or(0, |p| p.len());
-        (self.pixels.data.len() + icc) as u64 + ENTRY_OVERHEAD
+        let held = match &self.pixels {
+            Kept::Rgb(p) => p.data.len() + p.icc.as_ref().map_or(0, |p| p.len()),
+            Kept::Yuv(y) => y.bytes(),
+        };
+        held as u64 + ENTRY_OVERHEAD
     }
 
     /// The plan for `resize` in this mezzanine's pixels, if it has enough of them.
@@ -117,6 +131,12 @@ impl Mezzanines {
         t: &Transform,
         s: &TransformSettings,
     ) -> Result<Prepared> {
+        let planar = prepare_planar(bytes, t, s, |limits, resize| {
+            self.resized_planar(key, bytes, limits, resize)
+        })?;
+        if let Some(p) = planar {
+            return Ok(p);
+        }
         prepare_via(bytes, t, s, |format, limits, resize| {
             self.resized(key, bytes, format, limits, resize)
         })
@@ -132,43 +152,97 @@ impl Mezzanines {
         limits: &TransformLimits,
         resize: Option<Resize>,
     ) -> Result<(Pixels, Plan)> {
-        let lookups = &metrics().mezzanine_lookups;
         let kept = self.cache.get(key);
         if let Some(kept) = &kept {
-            if let Some(plan) = kept.plan(resize) {
-                lookups.with_label_values(&["hit"]).inc();
-                return Ok((resize::resize_ref(&kept.pixels, &plan)?, plan));
+            if let (Kept::Rgb(pixels), Some(plan)) = (&kept.pixels, kept.plan(resize)) {
+                lookup("hit");
+                return Ok((resize::resize_ref(pixels, &plan)?, plan));
             }
         }
-        // Unknown: decode at the scale this size needs, as without the cache. Known but too
-        // small for this size: the original is hot, so decode large enough for any size.
-        let at_least = match &kept {
-            None => {
-                lookups.with_label_values(&["miss"]).inc();
-                1
-            }
-            Some(kept) => {
-                lookups.with_label_values(&["upgrade"]).inc();
-                let pixels = u64::from(kept.source.0) * u64::from(kept.source.1);
-                [8u64, 4, 2, 1]
-                    .into_iter()
-                    .find(|e| pixels * e * e / 64 <= UPGRADE_PIXELS)
-                    .unwrap_or(1) as u32
-            }
-        };
+        let (at_least, result) = scale_for(kept.as_deref());
+        lookup(result);
         let d = decode::decode_scaled(bytes, format, limits, resize, at_least)?;
         let out = resize::resize_ref(&d.pixels, &d.plan)?;
         let plan = d.plan;
-        let m = Mezzanine {
-            pixels: d.pixels,
-            source: d.source,
-            eighths: d.eighths,
+        self.keep(
+            key.to_string(),
+            Mezzanine {
+                pixels: Kept::Rgb(d.pixels),
+                source: d.source,
+                eighths: d.eighths,
+            },
+        );
+        Ok((out, plan))
+    }
+
+    /// [`Self::resized`] for the planar path: the output planes, or `None` when the path does
+    /// not fit this original or size (the caller takes the RGB path).
+    fn resized_planar(
+        &self,
+        key: &str,
+        bytes: &[u8],
+        limits: &TransformLimits,
+        resize: Option<Resize>,
+    ) -> Result<Option<YuvImage>> {
+        let key = format!("{key}\nyuv");
+        let kept = self.cache.get(&key);
+        if let Some(kept) = &kept {
+            if let (Kept::Yuv(img), Some(plan)) = (&kept.pixels, kept.plan(resize)) {
+                if !planar::fits_image(img, &plan) {
+                    return Ok(None);
+                }
+                lookup("hit");
+                return planar::resize(img, &plan).map(Some);
+            }
+        }
+        // Counted once the planes are decoded: if this path declines, the RGB path counts.
+        let (at_least, result) = scale_for(kept.as_deref());
+        let Some(d) = planar::decode(bytes, limits, resize, at_least)? else {
+            return Ok(None);
         };
+        lookup(result);
+        let out = planar::resize(&d.img, &d.plan)?;
+        self.keep(
+            key,
+            Mezzanine {
+                pixels: Kept::Yuv(d.img),
+                source: d.source,
+                eighths: d.eighths,
+            },
+        );
+        Ok(Some(out))
+    }
+
+    /// Keep `m` unless it is over the largest entry.
+    fn keep(&self, key: String, m: Mezzanine) {
         if m.bytes() <= self.max_entry {
-            self.cache.insert(key.to_string(), Arc::new(m));
+            self.cache.insert(key, Arc::new(m));
             let held = i64::try_from(self.bytes()).unwrap_or(i64::MAX);
             metrics().mezzanine_bytes.set(held);
         }
-        Ok((out, plan))
+    }
+}
+
+fn lookup(result: &str) {
+    metrics()
+        .mezzanine_lookups
+        .with_label_values(&[result])
+        .inc();
+}
+
+/// The least scale to decode at and the lookup's result: unknown, the scale this size needs,
+/// as without the cache; known but too small for this size, the original is hot, so large
+/// enough for any size.
+fn scale_for(kept: Option<&Mezzanine>) -> (u32, &'static str) {
+    match kept {
+        None => (1, "miss"),
+        Some(kept) => {
+            let pixels = u64::from(kept.source.0) * u64::from(kept.source.1);
+            let eighths = [8u64, 4, 2, 1]
+                .into_iter()
+                .find(|e| pixels * e * e / 64 <= UPGRADE_PIXELS)
+                .unwrap_or(1) as u32;
+            (eighths, "upgrade")
+        }
     }
 }

@@ -188,6 +188,7 @@ impl Origin {
             background: cfg.transform.background_rgb(),
             default_quality: cfg.transform.default_quality,
             avif_speed: cfg.transform.avif_speed,
+            planar_jpeg: cfg.transform.planar_jpeg,
         };
         Ok(Origin {
             source,

@@ -37,6 +37,10 @@ pub struct JpegHeader {
     pub color: JpegColor,
     /// Lossless JPEGs cannot be scaled in the IDCT.
     pub lossless: bool,
+    /// Stored as Y'CbCr (the JFIF default), so its planes can be kept as they are.
+    pub ycc: bool,
+    /// TurboJPEG's chroma subsampling (`TJSAMP_*`; -1 when it has no name for it).
+    pub subsamp: i32,
 }
 
 /// An owned TurboJPEG decompression handle.
@@ -104,16 +108,13 @@ impl Decompressor {
             height,
             color,
             lossless,
+            ycc: cs == raw::TJCS_TJCS_YCbCr as i32,
+            subsamp: get(raw::TJPARAM_TJPARAM_SUBSAMP),
         })
     }
 
-    /// Decode at `eighths/8` scale. `header` must come from [`Self::header`] on the same bytes.
-    fn decode(
-        &mut self,
-        bytes: &[u8],
-        header: &JpegHeader,
-        eighths: u32,
-    ) -> Result<(u32, u32, Vec<u8>)> {
+    /// Set the IDCT scale for `eighths/8` (lossless: always 8/8); the scaled size.
+    fn scale(&mut self, header: &JpegHeader, eighths: u32) -> Result<(u32, u32)> {
         let num = if header.lossless {
             8
         } else {
@@ -134,7 +135,17 @@ impl Decompressor {
         }
         // TJSCALED: ceil(dimension * num / denom).
         let scaled = |d: u32| (u64::from(d) * u64::from(num)).div_ceil(8) as u32;
-        let (w, h) = (scaled(header.width), scaled(header.height));
+        Ok((scaled(header.width), scaled(header.height)))
+    }
+
+    /// Decode at `eighths/8` scale. `header` must come from [`Self::header`] on the same bytes.
+    fn decode(
+        &mut self,
+        bytes: &[u8],
+        header: &JpegHeader,
+        eighths: u32,
+    ) -> Result<(u32, u32, Vec<u8>)> {
+        let (w, h) = self.scale(header, eighths)?;
         let (pf, channels) = match header.color {
             JpegColor::Rgb => (raw::TJPF_TJPF_RGB, 3usize),
             JpegColor::Cmyk => (raw::TJPF_TJPF_CMYK, 4usize),
@@ -163,6 +174,238 @@ impl Decompressor {
         unsafe { buf.set_len(len) };
         Ok((w, h, buf))
     }
+}
+
+/// One plane of a [`YuvImage`]: rows of `width` samples, packed.
+#[derive(Clone)]
+pub struct Plane {
+    /// Samples per row.
+    pub width: u32,
+    /// Rows.
+    pub height: u32,
+    /// The samples.
+    pub data: Vec<u8>,
+}
+
+/// A JPEG's Y'CbCr planes as libjpeg holds them between the IDCT and the chroma upsampling
+/// (TurboJPEG's planar YUV), or planes made to be encoded as one.
+#[derive(Clone)]
+pub struct YuvImage {
+    /// Image width (the luma plane may be padded past it, as TurboJPEG sizes planes).
+    pub width: u32,
+    /// Image height.
+    pub height: u32,
+    /// TurboJPEG's subsampling of the chroma planes (`TJSAMP_*`).
+    pub subsamp: i32,
+    /// Y, Cb, Cr.
+    pub planes: [Plane; 3],
+}
+
+impl YuvImage {
+    /// Planes of `width` x `height` at `subsamp`, sized as TurboJPEG reads and writes them
+    /// (`tj3YUVPlaneWidth`/`Height`: in 4:2:0 the luma plane is padded to even sizes).
+    pub fn plane_sizes(width: u32, height: u32, subsamp: i32) -> Result<[(u32, u32); 3]> {
+        let (w, h) = (
+            i32::try_from(width).map_err(|_| bad_size())?,
+            i32::try_from(height).map_err(|_| bad_size())?,
+        );
+        let mut out = [(0u32, 0u32); 3];
+        for (c, o) in out.iter_mut().enumerate() {
+            // SAFETY: plain arithmetic on its arguments; -1 for arguments it refuses.
+            let (pw, ph) = unsafe {
+                (
+                    raw::tj3YUVPlaneWidth(c as i32, w, subsamp),
+                    raw::tj3YUVPlaneHeight(c as i32, h, subsamp),
+                )
+            };
+            *o = (
+                u32::try_from(pw).map_err(|_| bad_size())?,
+                u32::try_from(ph).map_err(|_| bad_size())?,
+            );
+        }
+        Ok(out)
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        self.planes.iter().map(|p| p.data.len()).sum()
+    }
+
+    /// The RGB a decode of these planes gives: libjpeg's (fancy) chroma upsampling and
+    /// Y'CbCr → RGB, as a direct decode does them.
+    pub fn to_rgb(&self) -> Result<Vec<u8>> {
+        let mut d = Decompressor::new()?;
+        let sizes = Self::plane_sizes(self.width, self.height, self.subsamp)?;
+        if self
+            .planes
+            .iter()
+            .zip(sizes)
+            .any(|(p, (w, h))| p.width != w || p.height != h || p.data.len() != (w * h) as usize)
+        {
+            return Err(Error::Internal("yuv planes of the wrong size".into()));
+        }
+        d.set(raw::TJPARAM_TJPARAM_SUBSAMP, self.subsamp)?;
+        let len = self.width as usize * self.height as usize * 3;
+        let mut rgb = vec![0u8; len];
+        let ptrs = self.planes.each_ref().map(|p| p.data.as_ptr());
+        let strides = self.planes.each_ref().map(|p| p.width as i32);
+        // SAFETY: every plane holds its TurboJPEG plane size (checked above); `rgb` holds
+        // width x height RGB pixels, rows packed.
+        let r = unsafe {
+            raw::tj3DecodeYUVPlanes8(
+                d.0,
+                ptrs.as_ptr(),
+                strides.as_ptr(),
+                rgb.as_mut_ptr(),
+                self.width as i32,
+                (self.width * 3) as i32,
+                self.height as i32,
+                raw::TJPF_TJPF_RGB,
+            )
+        };
+        if r != 0 {
+            return Err(d.error());
+        }
+        Ok(rgb)
+    }
+}
+
+fn bad_size() -> Error {
+    Error::unprocessable("jpeg: bad dimensions")
+}
+
+/// [`decode`], to Y'CbCr planes: `plan` gets the header and returns the scale in eighths, or
+/// `None` when the planes would not do (the caller then decodes to RGB). Only 3-component
+/// Y'CbCr JPEGs with a named subsampling get here.
+pub fn decode_planes(
+    bytes: &[u8],
+    max_pixels: u64,
+    plan: impl FnOnce(&JpegHeader) -> Result<Option<u32>>,
+) -> Result<Option<(JpegHeader, YuvImage)>> {
+    let mut d = Decompressor::new()?;
+    let h = d.header(bytes, max_pixels)?;
+    if !h.ycc || h.color != JpegColor::Rgb || h.subsamp < 0 || h.subsamp == GRAY {
+        return Ok(None);
+    }
+    let Some(eighths) = plan(&h)? else {
+        return Ok(None);
+    };
+    let (w, hh) = d.scale(&h, eighths)?;
+    let sizes = YuvImage::plane_sizes(w, hh, h.subsamp)?;
+    let mut planes = sizes.map(|(pw, ph)| Plane {
+        width: pw,
+        height: ph,
+        data: vec![0u8; pw as usize * ph as usize],
+    });
+    let mut ptrs = planes.each_mut().map(|p| p.data.as_mut_ptr());
+    let mut strides = planes.each_ref().map(|p| p.width as i32);
+    // SAFETY: each plane holds tj3YUVPlaneWidth x tj3YUVPlaneHeight of the scaled size, which
+    // is what tj3DecompressToYUVPlanes8 writes (it sizes its planes the same way).
+    let r = unsafe {
+        raw::tj3DecompressToYUVPlanes8(
+            d.0,
+            bytes.as_ptr(),
+            bytes.len() as _,
+            ptrs.as_mut_ptr(),
+            strides.as_mut_ptr(),
+        )
+    };
+    if r != 0 {
+        return Err(d.error());
+    }
+    Ok(Some((
+        h,
+        YuvImage {
+            width: w,
+            height: hh,
+            subsamp: h.subsamp,
+            planes,
+        },
+    )))
+}
+
+/// TurboJPEG's `TJSAMP_GRAY`.
+const GRAY: i32 = raw::TJSAMP_TJSAMP_GRAY;
+/// TurboJPEG's `TJSAMP_420`: what [`encode`] and [`encode_planes`] write.
+pub const SUBSAMP_420: i32 = raw::TJSAMP_TJSAMP_420;
+
+thread_local! {
+    static PLANAR_COMPRESSOR: RefCell<Option<Compressor>> = const { RefCell::new(None) };
+}
+
+/// An owned TurboJPEG compression handle (the `turbojpeg` crate's has no planar input).
+struct Compressor(raw::tjhandle);
+
+impl Drop for Compressor {
+    fn drop(&mut self) {
+        unsafe { raw::tj3Destroy(self.0) };
+    }
+}
+
+/// Encode 4:2:0 planes (sized by [`YuvImage::plane_sizes`]) as baseline JPEG at `quality`,
+/// as [`encode`] does RGB but without its colour conversion and chroma downsampling.
+pub fn encode_planes(img: &YuvImage, quality: u8) -> Result<Vec<u8>> {
+    let sizes = YuvImage::plane_sizes(img.width, img.height, SUBSAMP_420)?;
+    if img.subsamp != SUBSAMP_420
+        || img
+            .planes
+            .iter()
+            .zip(sizes)
+            .any(|(p, (w, h))| p.width != w || p.height != h || p.data.len() != (w * h) as usize)
+    {
+        return Err(Error::Internal("yuv planes of the wrong size".into()));
+    }
+    PLANAR_COMPRESSOR.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        let c = match slot.as_mut() {
+            Some(c) => c,
+            None => {
+                let h = unsafe { raw::tj3Init(raw::TJINIT_TJINIT_COMPRESS as i32) };
+                if h.is_null() {
+                    return Err(Error::Internal("cannot create a jpeg compressor".into()));
+                }
+                slot.insert(Compressor(h))
+            }
+        };
+        let fail = |c: &Compressor| {
+            let msg = unsafe { CStr::from_ptr(raw::tj3GetErrorStr(c.0)) };
+            Error::unprocessable(format!("cannot encode jpeg: {}", msg.to_string_lossy()))
+        };
+        for (param, value) in [
+            (raw::TJPARAM_TJPARAM_QUALITY, i32::from(quality)),
+            (raw::TJPARAM_TJPARAM_SUBSAMP, SUBSAMP_420),
+        ] {
+            if unsafe { raw::tj3Set(c.0, param as i32, value) } != 0 {
+                return Err(fail(c));
+            }
+        }
+        let ptrs = img.planes.each_ref().map(|p| p.data.as_ptr());
+        let strides = img.planes.each_ref().map(|p| p.width as i32);
+        let mut buf: *mut u8 = std::ptr::null_mut();
+        let mut size: raw::size_t = 0;
+        // SAFETY: the planes hold the sizes TurboJPEG reads (checked above); it allocates the
+        // output, freed below.
+        let r = unsafe {
+            raw::tj3CompressFromYUVPlanes8(
+                c.0,
+                ptrs.as_ptr(),
+                img.width as i32,
+                strides.as_ptr(),
+                img.height as i32,
+                &mut buf,
+                &mut size,
+            )
+        };
+        let out = if r == 0 && !buf.is_null() {
+            // SAFETY: on success `buf` holds `size` bytes of JPEG.
+            Ok(unsafe { std::slice::from_raw_parts(buf, size as usize) }.to_vec())
+        } else {
+            Err(fail(c))
+        };
+        // SAFETY: allocated by TurboJPEG (or null, which it ignores).
+        unsafe { raw::tj3Free(buf as *mut _) };
+        out
+    })
 }
 
 impl Drop for Decompressor {

@@ -1,4 +1,5 @@
 //! Original bytes in, variant bytes out: sniff → decode (with limits) → plan → resize → encode.
+//! JPEG → JPEG variants that allow it stay in Y'CbCr planes throughout ([`planar`]).
 //!
 //! Everything here is synchronous and CPU-bound; it runs on the resize pool
 //! ([`crate::origin::pool`]), never on an async thread.
@@ -11,6 +12,7 @@ pub mod encode;
 pub mod geometry;
 pub mod jpeg;
 pub mod pixels;
+pub mod planar;
 pub mod reduce;
 pub mod resize;
 pub mod sniff;
@@ -51,6 +53,9 @@ pub struct TransformSettings {
     pub default_quality: u8,
     /// libaom's speed for AVIF output (libavif's 0..=10 scale).
     pub avif_speed: u8,
+    /// JPEG → JPEG variants resized in Y'CbCr planes ([`planar`]); off: through RGB, libvips'
+    /// output sample for sample.
+    pub planar_jpeg: bool,
 }
 
 /// An encoded variant.
@@ -101,6 +106,15 @@ pub fn transform(bytes: &[u8], t: &Transform, s: &TransformSettings) -> Result<O
 
 /// Everything of [`transform`] but the encode.
 pub fn prepare(bytes: &[u8], t: &Transform, s: &TransformSettings) -> Result<Prepared> {
+    let planar = prepare_planar(bytes, t, s, |limits, resize| {
+        let Some(d) = planar::decode(bytes, limits, resize, 1)? else {
+            return Ok(None);
+        };
+        planar::resize(&d.img, &d.plan).map(Some)
+    })?;
+    if let Some(p) = planar {
+        return Ok(p);
+    }
     prepare_via(bytes, t, s, |format, limits, resize| {
         let decoded = decode::decode(bytes, format, limits, resize)?;
         Ok((resize::resize(decoded.pixels, &decoded.plan)?, decoded.plan))
@@ -111,8 +125,10 @@ pub fn prepare(bytes: &[u8], t: &Transform, s: &TransformSettings) -> Result<Pre
 /// needs it. Encoding is the last step, so one preparation can be encoded twice (a WebP now,
 /// the AVIF later).
 pub struct Prepared {
-    /// Output-sized pixels.
+    /// Output-sized pixels (no samples when `planes` holds them).
     pub pixels: pixels::Pixels,
+    /// Output-sized 4:2:0 planes instead, from the planar path ([`planar`]).
+    pub planes: Option<jpeg::YuvImage>,
     /// The format the variant asks for.
     pub format: OutputFormat,
     /// Its quality (lossy formats).
@@ -129,6 +145,30 @@ impl Prepared {
 
     /// Encode in `format` instead (one that keeps alpha, or these pixels are already flat).
     pub fn encode_as(&self, format: OutputFormat) -> Result<Output> {
+        if let Some(planes) = &self.planes {
+            let bytes = match format {
+                OutputFormat::Jpeg => jpeg::encode_planes(planes, self.quality)?,
+                _ => {
+                    // Another format for a planar variant: through the planes' RGB.
+                    let pixels = pixels::Pixels {
+                        data: planes.to_rgb()?,
+                        ..self.pixels.clone()
+                    };
+                    return Prepared {
+                        pixels,
+                        planes: None,
+                        ..*self
+                    }
+                    .encode_as(format);
+                }
+            };
+            return Ok(Output {
+                bytes,
+                format,
+                width: planes.width,
+                height: planes.height,
+            });
+        }
         let bytes = match format {
             OutputFormat::Avif => encode::encode_avif(&self.pixels, self.quality, self.avif_speed)?,
             _ => encode::encode(&self.pixels, format, self.quality)?,
@@ -140,6 +180,40 @@ impl Prepared {
             height: self.pixels.height,
         })
     }
+}
+
+/// [`prepare`] on the planar path ([`planar`]) when it applies to `t` of `bytes`: `resized`
+/// gets the limits and the resize and returns the output planes, or `None` when the image
+/// does not fit the path after all (the caller then takes the RGB path).
+pub fn prepare_planar(
+    bytes: &[u8],
+    t: &Transform,
+    s: &TransformSettings,
+    resized: impl FnOnce(
+        &TransformLimits,
+        Option<crate::variant::Resize>,
+    ) -> Result<Option<jpeg::YuvImage>>,
+) -> Result<Option<Prepared>> {
+    let src_format = require_image(bytes)?;
+    if !planar::applies(bytes, src_format, t, s) {
+        return Ok(None);
+    }
+    let Some(planes) = resized(&s.limits, t.resize)? else {
+        return Ok(None);
+    };
+    Ok(Some(Prepared {
+        pixels: pixels::Pixels {
+            width: planes.width,
+            height: planes.height,
+            has_alpha: false,
+            data: Vec::new(),
+            icc: None,
+        },
+        planes: Some(planes),
+        format: OutputFormat::Jpeg,
+        quality: t.quality.unwrap_or(s.default_quality),
+        avif_speed: s.avif_speed,
+    }))
 }
 
 /// [`prepare`] with the decode and resize steps supplied by the caller (the origin's mezzanine
@@ -178,6 +252,7 @@ pub fn prepare_via(
     }
     Ok(Prepared {
         pixels,
+        planes: None,
         format,
         quality,
         avif_speed: s.avif_speed,
