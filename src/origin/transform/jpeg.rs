@@ -226,6 +226,19 @@ impl YuvImage {
         Ok(out)
     }
 
+    /// Every plane holds exactly TurboJPEG's plane size for this image: what its planar calls
+    /// read or write, checked before each.
+    fn check_sizes(&self) -> Result<()> {
+        let sizes = Self::plane_sizes(self.width, self.height, self.subsamp)?;
+        let wrong = self.planes.iter().zip(sizes).any(|(p, (w, h))| {
+            p.width != w || p.height != h || p.data.len() != w as usize * h as usize
+        });
+        if wrong {
+            return Err(Error::Internal("yuv planes of the wrong size".into()));
+        }
+        Ok(())
+    }
+
     /// Bytes held.
     pub fn bytes(&self) -> usize {
         self.planes.iter().map(|p| p.data.len()).sum()
@@ -234,16 +247,8 @@ impl YuvImage {
     /// The RGB a decode of these planes gives: libjpeg's (fancy) chroma upsampling and
     /// Y'CbCr → RGB, as a direct decode does them.
     pub fn to_rgb(&self) -> Result<Vec<u8>> {
+        self.check_sizes()?;
         let mut d = Decompressor::new()?;
-        let sizes = Self::plane_sizes(self.width, self.height, self.subsamp)?;
-        if self
-            .planes
-            .iter()
-            .zip(sizes)
-            .any(|(p, (w, h))| p.width != w || p.height != h || p.data.len() != (w * h) as usize)
-        {
-            return Err(Error::Internal("yuv planes of the wrong size".into()));
-        }
         d.set(raw::TJPARAM_TJPARAM_SUBSAMP, self.subsamp)?;
         let len = self.width as usize * self.height as usize * 3;
         let mut rgb = vec![0u8; len];
@@ -345,16 +350,10 @@ impl Drop for Compressor {
 /// Encode 4:2:0 planes (sized by [`YuvImage::plane_sizes`]) as baseline JPEG at `quality`,
 /// as [`encode`] does RGB but without its colour conversion and chroma downsampling.
 pub fn encode_planes(img: &YuvImage, quality: u8) -> Result<Vec<u8>> {
-    let sizes = YuvImage::plane_sizes(img.width, img.height, SUBSAMP_420)?;
-    if img.subsamp != SUBSAMP_420
-        || img
-            .planes
-            .iter()
-            .zip(sizes)
-            .any(|(p, (w, h))| p.width != w || p.height != h || p.data.len() != (w * h) as usize)
-    {
-        return Err(Error::Internal("yuv planes of the wrong size".into()));
+    if img.subsamp != SUBSAMP_420 {
+        return Err(Error::Internal("yuv planes not 4:2:0".into()));
     }
+    img.check_sizes()?;
     PLANAR_COMPRESSOR.with(|cell| {
         let mut slot = cell.borrow_mut();
         let c = match slot.as_mut() {
