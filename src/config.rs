@@ -151,6 +151,9 @@ pub struct EdgeConfig {
     /// header (v1 or v2, as an AWS NLB sends): its source address is the client's. Connections
     /// without one are closed. Off: headers are not parsed (a forged one is a bad request).
     pub proxy_protocol: bool,
+    /// Answer fresh memory hits on HTTP/1 connections before Pingora's per-request session
+    /// (`edge::hit_loop`); off, every request takes Pingora's session.
+    pub hit_loop: bool,
 }
 
 impl Default for EdgeConfig {
@@ -167,6 +170,7 @@ impl Default for EdgeConfig {
             max_header_bytes: 16 * 1024,
             write_buffer: ByteSize::kib(64),
             proxy_protocol: false,
+            hit_loop: true,
         }
     }
 }

@@ -55,6 +55,8 @@ pub struct Metrics {
     pub cache_coalesced: IntCounter,
     /// Fresh memory hits answered by the edge's fast path (also counted in `cache_lookups`).
     pub cache_fast_hits: IntCounter,
+    /// Of those, the ones the HTTP/1 hit loop answered before Pingora's session.
+    pub hit_loop_answers: IntCounter,
     /// Purges done through the admin listener, by scope (`url`, `id`).
     pub purges: IntCounterVec,
     /// Bytes stored per tier (set when scraped).
@@ -235,6 +237,11 @@ static METRICS: Lazy<Metrics> = Lazy::new(|| {
         "imgedge_cache_fast_hits_total",
         "Fresh memory hits answered without pingora-cache's hit path (GET, no Range, no validators).",
     );
+    let hit_loop_answers = counter(
+        &r,
+        "imgedge_hit_loop_answers_total",
+        "Fast hits answered by the HTTP/1 hit loop, before Pingora's per-request session (also in imgedge_cache_fast_hits_total).",
+    );
     let purges = counter_vec(
         &r,
         "imgedge_purges_total",
@@ -346,6 +353,7 @@ static METRICS: Lazy<Metrics> = Lazy::new(|| {
         cache_write_failures,
         cache_coalesced,
         cache_fast_hits,
+        hit_loop_answers,
         purges,
         cache_bytes,
         cache_objects,

@@ -28,6 +28,7 @@ use crate::config::Config;
 use crate::edge::access_log::AccessLog;
 use crate::edge::client_limits::ClientLimits;
 use crate::edge::drain::Draining;
+use crate::edge::hit_loop::HitLoop;
 use crate::edge::proxy_protocol::PreTls;
 use crate::edge::{tls, Edge};
 use crate::error::Error;
@@ -105,12 +106,11 @@ pub fn build(cfg: &Config, run: RunOptions) -> Result<Server, Error> {
     let (cluster, cluster_health) = cluster.unzip();
     let records: Option<&'static PurgeRecords> =
         PurgeRecords::from_config(cfg, cache).map(|r| &*Box::leak(Box::new(r)));
-    let mut proxy = pingora_proxy::http_proxy(
-        &server.configuration,
-        Edge::new(cfg, cache, access_log, draining.clone())
-            .with_mirror(mirror)
-            .with_cluster(cluster.clone(), false),
-    );
+    let edge_logic = Edge::new(cfg, cache, access_log, draining.clone())
+        .with_mirror(mirror)
+        .with_cluster(cluster.clone(), false);
+    let door = edge_logic.hit_door(cfg);
+    let mut proxy = pingora_proxy::http_proxy(&server.configuration, edge_logic);
     let mut options = HttpServerOptions::default();
     options.keepalive_request_limit =
         (cfg.edge.keepalive_requests > 0).then_some(cfg.edge.keepalive_requests);
@@ -118,7 +118,7 @@ pub fn build(cfg: &Config, run: RunOptions) -> Result<Server, Error> {
     proxy.server_options = Some(options);
     let mut edge = Service::new(
         "edge".to_string(),
-        ClientLimits::new(proxy, cfg.edge.header_timeout)
+        ClientLimits::new(HitLoop::new(proxy, door), cfg.edge.header_timeout)
             .with_proxy_protocol(cfg.edge.proxy_protocol),
     );
     if cfg.edge.proxy_protocol {

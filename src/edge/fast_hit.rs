@@ -11,6 +11,7 @@
 //! stale-while-revalidate and stale-if-error, purged objects, disk hits, peers' requests.
 //! The answer is the one pingora-cache's path gives (`tests/production.rs` compares them).
 
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use http::header;
@@ -19,12 +20,14 @@ use pingora_error::Result;
 use pingora_http::ResponseHeader;
 use pingora_proxy::Session;
 
+use crate::cache::head::HitHead;
+use crate::cache::memory::CachedObject;
 use crate::cache::Cache;
 use crate::origin::SOURCE_ETAG;
 use crate::variant::Variant;
 
 /// Request headers that need pingora-cache's handling (ranges, validators).
-const SLOW_PATH_HEADERS: [header::HeaderName; 6] = [
+pub(super) const SLOW_PATH_HEADERS: [header::HeaderName; 6] = [
     header::RANGE,
     header::IF_NONE_MATCH,
     header::IF_MODIFIED_SINCE,
@@ -32,6 +35,44 @@ const SLOW_PATH_HEADERS: [header::HeaderName; 6] = [
     header::IF_UNMODIFIED_SINCE,
     header::IF_RANGE,
 ];
+
+/// A fresh object of the memory tier for `variant`, with its prepared head, as both this path
+/// and the HTTP/1 hit loop (`super::hit_loop`) answer it; `None` for anything pingora-cache's
+/// path must handle (absent, stale, purged, a meta that does not parse).
+pub(super) fn lookup(cache: &Cache, variant: &Variant, now: SystemTime) -> Option<FreshHit> {
+    let key = crate::cache::storage_key(variant).combined_bin();
+    let obj = cache.storage.memory().get(&key)?;
+    let len = obj.body.len();
+    let negotiated = variant.is_negotiated();
+    let head = obj.head(|h| prepare(h, len, negotiated))?;
+    if !head.is_fresh(now) || cache.purges.is_purged(&variant.id, head.created) {
+        return None;
+    }
+    let age = head.age(now).as_secs();
+    Some(FreshHit { obj, age })
+}
+
+/// A fresh memory hit (see [`lookup`]).
+pub(super) struct FreshHit {
+    /// The object; its head is prepared.
+    pub obj: Arc<CachedObject>,
+    /// The `Age` to send, in seconds.
+    pub age: u64,
+}
+
+impl FreshHit {
+    /// The object's prepared head ([`lookup`] made it).
+    pub fn head(&self) -> Option<&HitHead> {
+        // Prepared already: the closure does not run.
+        self.obj.head(|_| Ok(()))
+    }
+
+    /// Count the hit (memory-tier lookups, fast hits).
+    pub fn count(&self) {
+        crate::cache::storage::count_memory_hit();
+        crate::metrics::metrics().cache_fast_hits.inc();
+    }
+}
 
 /// Answer `variant` from the memory tier if this path can; whether it did. `Err` only when
 /// writing to the client failed (the request is then over either way).
@@ -49,33 +90,22 @@ pub(super) async fn serve(
     {
         return Ok(false);
     }
-    let key = crate::cache::storage_key(variant).combined_bin();
-    let Some(obj) = cache.storage.memory().get(&key) else {
+    let Some(hit) = lookup(cache, variant, SystemTime::now()) else {
         return Ok(false);
     };
-    let now = SystemTime::now();
-    let len = obj.body.len();
-    let negotiated = variant.is_negotiated();
-    let Some(head) = obj.head(|h| prepare(h, len, negotiated)) else {
-        return Ok(false);
-    };
-    if !head.is_fresh(now) || cache.purges.is_purged(&variant.id, head.created) {
-        return Ok(false);
-    }
-    let Some(mut resp) = head.header() else {
+    let Some(mut resp) = hit.head().and_then(|h| h.header()) else {
         return Ok(false);
     };
     // pingora-cache: an `Age` on every answer served from the cache (RFC 9111 §4).
-    resp.insert_header(header::AGE, head.age(now).as_secs())?;
-    crate::cache::storage::count_memory_hit();
-    crate::metrics::metrics().cache_fast_hits.inc();
+    resp.insert_header(header::AGE, hit.age)?;
+    hit.count();
     if draining {
         // Pingora then sends `Connection: close` and closes after this response.
         session.set_keepalive(None);
     }
     session.write_response_header(Box::new(resp), false).await?;
     session
-        .write_response_body(Some(obj.body.clone()), true)
+        .write_response_body(Some(hit.obj.body.clone()), true)
         .await?;
     Ok(true)
 }
@@ -101,5 +131,11 @@ fn prepare(h: &mut ResponseHeader, len: usize, negotiated: bool) -> Result<()> {
         h.insert_header(header::VARY, "Accept")?;
     }
     h.remove_header(&SOURCE_ETAG);
+    // Per answer, appended by whoever answers: `Age` here (and by the hit loop), `Date` and
+    // `Connection` by Pingora's H1 writer (and the hit loop). A stored one would otherwise be
+    // replaced where it stands on one path and appended on the other.
+    for per_answer in [header::AGE, header::DATE, header::CONNECTION] {
+        h.remove_header(&per_answer);
+    }
     Ok(())
 }

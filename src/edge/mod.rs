@@ -15,16 +15,20 @@
 //! mode: requests must carry the POP's proof, skip the public policy, and fill locally only.
 //!
 //! Submodules: [`tls`] (certificates, SNI, ALPN), [`client_limits`] (slow clients),
-//! [`access_log`], `fast_hit` (fresh memory hits answered without pingora-cache's machinery).
+//! [`access_log`], `fast_hit` (fresh memory hits answered without pingora-cache's machinery),
+//! [`hit_loop`] (the same hits on HTTP/1 answered before Pingora's per-request session).
 
 pub mod access_log;
 pub mod client_limits;
 pub mod drain;
 mod fast_hit;
+pub mod hit_loop;
 pub mod proxy_protocol;
+mod stream;
 pub mod tls;
 
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
@@ -86,9 +90,9 @@ pub struct Edge {
     origin_read_timeout: Duration,
     meta_defaults: CacheMetaDefaults,
     lock_wait_timeout: Duration,
-    mirror: Option<crate::mirror::Mirror>,
-    policy: Policy,
-    access_log: Option<AccessLog>,
+    mirror: Option<Arc<crate::mirror::Mirror>>,
+    policy: Arc<Policy>,
+    access_log: Option<Arc<AccessLog>>,
     rules: ClientRules,
     draining: drain::Draining,
     cluster: Option<std::sync::Arc<Cluster>>,
@@ -125,8 +129,8 @@ impl Edge {
             ),
             lock_wait_timeout: cfg.cache.lock_wait_timeout,
             mirror: None,
-            policy: Policy::from_config(cfg),
-            access_log,
+            policy: Arc::new(Policy::from_config(cfg)),
+            access_log: access_log.map(Arc::new),
             rules: ClientRules {
                 max_uri_bytes: cfg.edge.max_uri_bytes,
                 max_header_bytes: cfg.edge.max_header_bytes,
@@ -231,8 +235,29 @@ impl Edge {
 
     /// Mirror a sample of served image requests (see [`crate::mirror`]).
     pub fn with_mirror(mut self, mirror: Option<crate::mirror::Mirror>) -> Edge {
-        self.mirror = mirror;
+        self.mirror = mirror.map(Arc::new);
         self
+    }
+
+    /// What the HTTP/1 hit loop needs of this edge to answer fresh memory hits as it would
+    /// (`None` for the peer listener, whose requests take the proxy's path).
+    pub fn hit_door(&self, cfg: &Config) -> Option<hit_loop::HitDoor> {
+        (!self.from_peer && cfg.edge.hit_loop).then(|| hit_loop::HitDoor {
+            cache: self.cache,
+            parse: self.parse,
+            policy: self.policy.clone(),
+            max_uri_bytes: self.rules.max_uri_bytes,
+            max_header_bytes: self.rules.max_header_bytes,
+            write_timeout: self.rules.write_timeout,
+            keepalive: Duration::from_secs(self.rules.keepalive_secs),
+            keepalive_requests: (cfg.edge.keepalive_requests > 0)
+                .then_some(cfg.edge.keepalive_requests),
+            draining: self.draining.clone(),
+            access_log: self.access_log.clone(),
+            mirror: self.mirror.clone(),
+            served: metrics().requests.with_label_values(&["200", "hit"]),
+            duration: metrics().request_duration.with_label_values(&["hit"]),
+        })
     }
 
     /// The `X-Cache` value for a request's cache phase.

@@ -34,8 +34,22 @@ impl MissLimiter {
     /// The client of a request: the last address in the trusted header (the one the load
     /// balancer appended), else the peer address.
     pub fn client(&self, headers: &http::HeaderMap, peer: Option<IpAddr>) -> Option<IpAddr> {
-        let from_header = self.ip_header.as_ref().and_then(|h| {
-            let v = headers.get_all(h).iter().next_back()?.to_str().ok()?;
+        let last = self
+            .ip_header
+            .as_ref()
+            .and_then(|h| headers.get_all(h).iter().next_back());
+        Self::client_from(last.map(|v| v.as_bytes()), peer)
+    }
+
+    /// The header that names the client, if one is configured.
+    pub fn ip_header(&self) -> Option<&HeaderName> {
+        self.ip_header.as_ref()
+    }
+
+    /// [`Self::client`] from the header's last value (`None`: absent).
+    pub fn client_from(last: Option<&[u8]>, peer: Option<IpAddr>) -> Option<IpAddr> {
+        let from_header = last.and_then(|v| {
+            let v = std::str::from_utf8(v).ok()?;
             v.rsplit(',').next()?.trim().parse().ok()
         });
         from_header.or(peer)
