@@ -61,7 +61,8 @@ impl HitHead {
             .iter()
             .map(|(k, v)| k.as_str().len() + v.len() + 4)
             .sum();
-        let mut wire = Vec::with_capacity(version.len() + 5 + reason.len() + total);
+        // Exact, so the buffer is not doubled by the last push (the object keeps all of it).
+        let mut wire = Vec::with_capacity(version.len() + 4 + reason.len() + 2 + total);
         wire.extend_from_slice(version.as_bytes());
         wire.extend_from_slice(full.status.as_str().as_bytes());
         wire.push(b' ');
