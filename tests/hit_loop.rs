@@ -305,3 +305,70 @@ async fn loop_hits_are_logged_as_pingora_logs_them() {
     assert_eq!(lines[0]["referer"], "https://shop.test/p");
     assert_eq!(lines[0]["client"], "127.0.0.1");
 }
+
+/// The keep-alive idle timeout counts from the last answer: a connection that keeps asking is
+/// kept past the time its first idle wait would have ended, and one that goes quiet for the
+/// whole timeout is closed, on both paths.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_close_after_the_keepalive_timeout() {
+    let s3 = S3Server::start().await;
+    s3.put(ID, &read("kite.jpg"));
+    let (on, off) = nodes(&s3, "  keepalive_timeout: 1s\n").await;
+    let hot = format!("/image/{ID}?size=200x");
+    for node in [&on, &off] {
+        assert_eq!(node.get(&hot).await.status(), 200);
+        let (a, req) = (addr(node), get(&hot, ""));
+        let answered = tokio::task::spawn_blocking(move || {
+            let mut s = TcpStream::connect(&a).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let started = std::time::Instant::now();
+            let mut chunk = [0u8; 65536];
+            let mut answer = || -> bool {
+                s.write_all(req.as_bytes()).unwrap();
+                let mut buf = Vec::new();
+                loop {
+                    if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = Answer {
+                            head: String::from_utf8_lossy(&buf[..end]).to_string(),
+                            body: vec![],
+                        };
+                        let len: usize = head.field("content-length").unwrap().parse().unwrap();
+                        if buf.len() >= end + 4 + len {
+                            assert_eq!(buf.len(), end + 4 + len, "more than one answer");
+                            return head.status() == 200;
+                        }
+                    }
+                    match s.read(&mut chunk) {
+                        Ok(k) if k > 0 => buf.extend_from_slice(&chunk[..k]),
+                        _ => return false,
+                    }
+                }
+            };
+            // Idle 0.7 s at a time: each wait is under the timeout, their sum is not.
+            let mut kept = 0;
+            for _ in 0..3 {
+                assert!(answer(), "answered after {kept} idle waits");
+                std::thread::sleep(Duration::from_millis(700));
+                kept += 1;
+            }
+            assert!(answer());
+            // Then quiet: the server closes within the timeout (and some slack).
+            let quiet = std::time::Instant::now();
+            let mut rest = [0u8; 16];
+            let n = s
+                .read(&mut rest)
+                .expect("a quiet connection was kept past 10 s");
+            assert_eq!(n, 0, "bytes on a quiet connection");
+            let waited = quiet.elapsed();
+            assert!(
+                waited >= Duration::from_millis(900) && waited < Duration::from_secs(5),
+                "closed after {waited:?}"
+            );
+            started.elapsed()
+        })
+        .await
+        .unwrap();
+        assert!(answered >= Duration::from_secs(3));
+    }
+    assert!(loop_answers(&on).await >= 4.0);
+}

@@ -10,7 +10,7 @@
 //! nothing that needs pingora-cache (no range, no validators), is answered here: the object's
 //! header as HTTP/1 writes it (kept with the object, [`crate::cache::head::HitHead::wire`]),
 //! `Age`, `Date` and `Connection` as Pingora's writer adds them, and the body, in one write —
-//! the same bytes the fast path sends (`tests/production.rs` compares them). It keeps what
+//! the same bytes the fast path sends (`tests/hit_loop.rs` compares them). It keeps what
 //! Pingora's session would: keep-alive and its idle timeout, the request limit per connection,
 //! `Connection: close` while draining, the write timeout, the access log, the metrics and
 //! mirroring; the header deadline and PROXY protocol sit below it ([`super::client_limits`]).
