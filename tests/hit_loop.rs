@@ -367,6 +367,41 @@ async fn idle_connections_close_after_the_keepalive_timeout() {
         .await
         .unwrap();
         assert!(answered >= Duration::from_secs(3));
+        // The start of a next request in the same segment as one answered, then silence: the
+        // half-read head is not waited on for longer than the keep-alive timeout either.
+        let (a, req) = (addr(node), format!("{}G", get(&hot, "")));
+        let (answers, closed) =
+            tokio::task::spawn_blocking(move || exchange(&a, req.as_bytes(), &[false]))
+                .await
+                .unwrap();
+        assert_eq!(answers.len(), 1);
+        assert!(closed, "a half-read head was waited on past 10 s");
     }
     assert!(loop_answers(&on).await >= 4.0);
+}
+
+/// What Pingora refuses in a request's `Host` (a second field, userinfo) the loop does not
+/// answer as a hit either: the same 400 on both paths.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hosts_pingora_refuses_are_refused_on_hits_too() {
+    let s3 = S3Server::start().await;
+    s3.put(ID, &read("kite.jpg"));
+    let (on, off) = nodes(&s3, "").await;
+    let hot = format!("/image/{ID}?size=200x");
+    for node in [&on, &off] {
+        assert_eq!(node.get(&hot).await.status(), 200);
+        for bad in [
+            format!("GET {hot} HTTP/1.1\r\nHost: a.test\r\nHost: b.test\r\n\r\n"),
+            format!("GET {hot} HTTP/1.1\r\nHost: user@images.test\r\n\r\n"),
+        ] {
+            let a = addr(node);
+            let (answers, _) =
+                tokio::task::spawn_blocking(move || exchange(&a, bad.as_bytes(), &[false]))
+                    .await
+                    .unwrap();
+            assert_eq!(answers.len(), 1);
+            assert_eq!(answers[0].status(), 400, "{}", answers[0].head);
+        }
+    }
+    assert_eq!(loop_answers(&on).await, 0.0);
 }

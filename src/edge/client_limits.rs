@@ -198,8 +198,7 @@ impl HeaderDeadline {
         seam[..3].copy_from_slice(&self.tail);
         let k = new.len().min(3);
         seam[3..3 + k].copy_from_slice(&new[..k]);
-        let blank = |w: &[u8]| w == b"\r\n\r\n";
-        if seam[..3 + k].windows(4).any(blank) || new.windows(4).any(blank) {
+        if ends_head(&seam[..3 + k]) || ends_head(new) {
             self.header_done();
         } else if new.len() >= 3 {
             self.tail.copy_from_slice(&new[new.len() - 3..]);
@@ -441,6 +440,13 @@ impl H2Scan {
 
 super::stream::delegate_stream_traits!(HeaderDeadline, inner);
 
+/// Whether `w` holds the blank line that ends a request head: CRLF CRLF, or the bare-LF forms
+/// httparse (the loop's and Pingora's parser) also accepts (`\n\n`, `\n\r\n`). A field line
+/// never starts with CR or LF, so these occur nowhere else in a head.
+fn ends_head(w: &[u8]) -> bool {
+    w.windows(2).any(|p| p == b"\n\n") || w.windows(3).any(|p| p == b"\n\r\n")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -532,6 +538,12 @@ mod tests {
         assert!(scanned(&one_by_one));
         assert!(!scanned(&one_by_one[..one_by_one.len() - 1]));
         assert!(!scanned(&[b"\r\n", b"x", b"\r\n"]));
+        // Bare-LF heads, which httparse (so the edge) accepts.
+        assert!(scanned(&[b"GET / HTTP/1.1\nHost: a\n\n"]));
+        assert!(scanned(&[b"GET / HTTP/1.1\nHost: a\n", b"\n"]));
+        assert!(scanned(&[b"GET / HTTP/1.1\nA: b\n\r", b"\n"]));
+        assert!(!scanned(&[b"GET / HTTP/1.1\nHost: a\n"]));
+        assert!(!scanned(&[b"GET / HTTP/1.1\nHost: a\r\n", b"B: c\n"]));
     }
 
     #[test]

@@ -181,13 +181,14 @@ impl<A: HttpServerApp + Send + Sync + 'static> HitLoop<A> {
         loop {
             match door.classify(&buf, peer) {
                 Step::Partial => {
-                    // Between requests a kept-alive connection may idle for the keep-alive
-                    // timeout; within a header the header deadline (below this) rules.
-                    let idle = (served > 0 && buf.is_empty()).then_some(door.keepalive);
+                    // Every read waits at most the keep-alive timeout, as Pingora's do: between
+                    // requests that is the idle timeout; within a header the header deadline
+                    // (below this) is usually tighter, but it is off once a read held a blank
+                    // line, and a head may start in the read that ended the one before.
                     if buf.capacity() - buf.len() < READ_CHUNK / 4 {
                         buf.reserve(READ_CHUNK);
                     }
-                    match within(idle, io.read_buf(&mut buf)).await {
+                    match within(Some(door.keepalive), io.read_buf(&mut buf)).await {
                         Some(Ok(n)) if n > 0 => {}
                         // Closed, failed, timed out (the header deadline fails the read), or
                         // idle past the keep-alive timeout.
@@ -215,11 +216,16 @@ impl<A: HttpServerApp + Send + Sync + 'static> HitLoop<A> {
                     .await;
                     let ok = matches!(sent, Some(Ok(())));
                     door.record(&answer, ok, body.len());
-                    if !ok || close {
-                        Shutdown::shutdown(&mut *io).await;
+                    if !ok {
+                        // A client that stopped reading would stall a shutdown's flush too:
+                        // drop the connection, as Pingora does after a failed write.
                         return None;
                     }
-                    served += 1;
+                    if close {
+                        within(Some(door.write_timeout), Shutdown::shutdown(&mut *io)).await;
+                        return None;
+                    }
+                    served = served.saturating_add(1);
                 }
                 Step::Hand { head_len } => {
                     let read = buf.split().freeze();
@@ -242,7 +248,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> HitLoop<A> {
                     buf = BytesMut::with_capacity(READ_CHUNK.max(read.len() - head_len));
                     buf.extend_from_slice(&read[head_len..]);
                     buf.extend_from_slice(&tapped);
-                    served += 1;
+                    served = served.saturating_add(1);
                 }
                 Step::Leave => return self.leave(door, io, buf, served, shutdown).await,
             }
@@ -404,7 +410,9 @@ struct Wanted<'a> {
     client_ip: Option<&'a [u8]>,
     /// `Connection: close`.
     close: bool,
-    /// A range or a validator: pingora-cache's to answer.
+    /// `Host` fields seen.
+    hosts: u32,
+    /// A range, a validator or a `Host` Pingora refuses: Pingora's to answer.
     slow: bool,
     /// A mirrored request (never mirrored again).
     mirrored: bool,
@@ -421,6 +429,11 @@ impl<'a> Wanted<'a> {
             return false;
         }
         if is("connection") {
+            // Pingora trims tokens as `str` (Unicode whitespace): leave it what ASCII rules
+            // might read differently.
+            if !f.value.is_ascii() {
+                return false;
+            }
             for token in f.value.split(|&b| b == b',') {
                 let token = token.trim_ascii();
                 if token.eq_ignore_ascii_case(b"close") {
@@ -429,6 +442,10 @@ impl<'a> Wanted<'a> {
                     return false;
                 }
             }
+        } else if is("host") {
+            // Pingora refuses (400) a second Host or userinfo in it (RFC 9112 §3.2).
+            self.hosts += 1;
+            self.slow |= self.hosts > 1 || f.value.contains(&b'@');
         } else if is("accept") {
             self.accept.get_or_insert(f.value);
         } else if is("referer") {
