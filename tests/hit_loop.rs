@@ -48,41 +48,58 @@ impl Answer {
     }
 }
 
-/// Send `requests` in one write, then read one answer per entry of `bodyless` (`true`: the
-/// answer has no body whatever its Content-Length, as for HEAD and 304) until the connection
-/// ends. Returns the answers and whether the server closed the connection after them.
+/// Read one answer off `s` (`bodyless`: no body whatever its Content-Length, as for HEAD and
+/// 304), keeping in `buf` what was read past it; `Err(closed)` if the connection ended first
+/// (`true`) or failed or timed out (`false`).
+fn read_answer(s: &mut TcpStream, buf: &mut Vec<u8>, bodyless: bool) -> Result<Answer, bool> {
+    let mut chunk = [0u8; 65536];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let mut answer = Answer {
+                head: String::from_utf8_lossy(&buf[..end]).to_string(),
+                body: vec![],
+            };
+            let len: usize = match bodyless {
+                true => 0,
+                false => answer
+                    .field("content-length")
+                    .map_or(0, |v| v.parse().unwrap()),
+            };
+            if buf.len() >= end + 4 + len {
+                answer.body = buf[end + 4..end + 4 + len].to_vec();
+                buf.drain(..end + 4 + len);
+                return Ok(answer);
+            }
+        }
+        match s.read(&mut chunk) {
+            Ok(0) => return Err(true),
+            Err(_) => return Err(false),
+            Ok(k) => buf.extend_from_slice(&chunk[..k]),
+        }
+    }
+}
+
+/// Send `requests` in one write, then read one answer per entry of `bodyless` (see
+/// [`read_answer`]) until the connection ends. Returns the answers and whether the server
+/// closed the connection after them.
 fn exchange(addr: &str, requests: &[u8], bodyless: &[bool]) -> (Vec<Answer>, bool) {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     s.write_all(requests).unwrap();
     let mut buf = Vec::new();
     let mut out = Vec::new();
+    for &bodyless in bodyless {
+        match read_answer(&mut s, &mut buf, bodyless) {
+            Ok(answer) => out.push(answer),
+            Err(closed) => return (out, closed),
+        }
+    }
     let mut chunk = [0u8; 65536];
     loop {
-        if out.len() < bodyless.len() {
-            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                let head = String::from_utf8_lossy(&buf[..end]).to_string();
-                let len: usize = match bodyless[out.len()] {
-                    true => 0,
-                    false => Answer {
-                        head: head.clone(),
-                        body: vec![],
-                    }
-                    .field("content-length")
-                    .map_or(0, |v| v.parse().unwrap()),
-                };
-                if buf.len() >= end + 4 + len {
-                    let body = buf[end + 4..end + 4 + len].to_vec();
-                    out.push(Answer { head, body });
-                    buf.drain(..end + 4 + len);
-                    continue;
-                }
-            }
-        }
         match s.read(&mut chunk) {
             Ok(0) => return (out, true),
             Err(_) => return (out, false),
-            Ok(k) => buf.extend_from_slice(&chunk[..k]),
+            Ok(_) => {}
         }
     }
 }
@@ -91,11 +108,14 @@ fn get(path: &str, extra: &str) -> String {
     format!("GET {path} HTTP/1.1\r\nHost: images.test\r\n{extra}\r\n")
 }
 
-/// Two nodes on one origin: the hit loop on (the default) and off.
-async fn nodes(s3: &S3Server, extra_edge: &str) -> (Imgedge, Imgedge) {
-    let on = Imgedge::start(s3, &format!("edge:\n{extra_edge}")).await;
-    let off = Imgedge::start(s3, &format!("edge:\n  hit_loop: false\n{extra_edge}")).await;
-    (on, off)
+/// An origin holding the kite as `ID`, and two nodes on it: the hit loop on (the default)
+/// and off.
+async fn nodes(extra_edge: &str) -> (S3Server, Imgedge, Imgedge) {
+    let s3 = S3Server::start().await;
+    s3.put(ID, &read("kite.jpg"));
+    let on = Imgedge::start(&s3, &format!("edge:\n{extra_edge}")).await;
+    let off = Imgedge::start(&s3, &format!("edge:\n  hit_loop: false\n{extra_edge}")).await;
+    (s3, on, off)
 }
 
 fn addr(node: &Imgedge) -> String {
@@ -108,9 +128,7 @@ async fn loop_answers(node: &Imgedge) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_loop_hit_is_byte_for_byte_the_answer_of_pingoras_path() {
-    let s3 = S3Server::start().await;
-    s3.put(ID, &read("kite.jpg"));
-    let (on, off) = nodes(&s3, "").await;
+    let (_s3, on, off) = nodes("").await;
     let path = format!("/image/{ID}?size=300x200");
     let mut hits = Vec::new();
     for node in [&on, &off] {
@@ -152,9 +170,7 @@ async fn a_loop_hit_is_byte_for_byte_the_answer_of_pingoras_path() {
 /// request, with or without the loop.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn handed_over_requests_keep_their_order_and_bodies_stay_bodies() {
-    let s3 = S3Server::start().await;
-    s3.put(ID, &read("kite.jpg"));
-    let (on, off) = nodes(&s3, "").await;
+    let (_s3, on, off) = nodes("").await;
     let hot = format!("/image/{ID}?size=300x");
     let smuggled = get(&format!("/image/{ID}?size=302x"), "");
     for node in [&on, &off] {
@@ -225,9 +241,7 @@ async fn handed_over_requests_keep_their_order_and_bodies_stay_bodies() {
 /// with the loop as without it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keep_alive_limits_are_pingoras() {
-    let s3 = S3Server::start().await;
-    s3.put(ID, &read("kite.jpg"));
-    let (on, off) = nodes(&s3, "  keepalive_requests: 3\n").await;
+    let (_s3, on, off) = nodes("  keepalive_requests: 3\n").await;
     let hot = format!("/image/{ID}?size=200x");
     let mut seen = Vec::new();
     for node in [&on, &off] {
@@ -311,9 +325,7 @@ async fn loop_hits_are_logged_as_pingora_logs_them() {
 /// whole timeout is closed, on both paths.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_connections_close_after_the_keepalive_timeout() {
-    let s3 = S3Server::start().await;
-    s3.put(ID, &read("kite.jpg"));
-    let (on, off) = nodes(&s3, "  keepalive_timeout: 1s\n").await;
+    let (_s3, on, off) = nodes("  keepalive_timeout: 1s\n").await;
     let hot = format!("/image/{ID}?size=200x");
     for node in [&on, &off] {
         assert_eq!(node.get(&hot).await.status(), 200);
@@ -322,27 +334,12 @@ async fn idle_connections_close_after_the_keepalive_timeout() {
             let mut s = TcpStream::connect(&a).unwrap();
             s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
             let started = std::time::Instant::now();
-            let mut chunk = [0u8; 65536];
             let mut answer = || -> bool {
                 s.write_all(req.as_bytes()).unwrap();
                 let mut buf = Vec::new();
-                loop {
-                    if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                        let head = Answer {
-                            head: String::from_utf8_lossy(&buf[..end]).to_string(),
-                            body: vec![],
-                        };
-                        let len: usize = head.field("content-length").unwrap().parse().unwrap();
-                        if buf.len() >= end + 4 + len {
-                            assert_eq!(buf.len(), end + 4 + len, "more than one answer");
-                            return head.status() == 200;
-                        }
-                    }
-                    match s.read(&mut chunk) {
-                        Ok(k) if k > 0 => buf.extend_from_slice(&chunk[..k]),
-                        _ => return false,
-                    }
-                }
+                let ok = read_answer(&mut s, &mut buf, false).is_ok_and(|a| a.status() == 200);
+                assert!(buf.is_empty(), "more than one answer");
+                ok
             };
             // Idle 0.7 s at a time: each wait is under the timeout, their sum is not.
             for kept in 0..3 {
@@ -384,9 +381,7 @@ async fn idle_connections_close_after_the_keepalive_timeout() {
 /// answer as a hit either: the same 400 on both paths.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hosts_pingora_refuses_are_refused_on_hits_too() {
-    let s3 = S3Server::start().await;
-    s3.put(ID, &read("kite.jpg"));
-    let (on, off) = nodes(&s3, "").await;
+    let (_s3, on, off) = nodes("").await;
     let hot = format!("/image/{ID}?size=200x");
     for node in [&on, &off] {
         assert_eq!(node.get(&hot).await.status(), 200);
